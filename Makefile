@@ -1,0 +1,50 @@
+# Two commands on a fresh machine: `make serve` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PORT   ?= 8080
+
+.PHONY: install serve daemon stop test train fast-train evaluate bench fixtures clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+serve: install                 ## run the service in the foreground on the shipped graphs
+	$(PY) -m service serve --config conf/service.conf --port $(PORT)
+
+daemon: install                ## run it in the background; stop with `make stop`
+	mkdir -p var
+	$(PY) -m service serve --config conf/service.conf --port $(PORT) --daemon --pidfile var/service.pid
+
+stop:
+	kill -TERM $$(cat var/service.pid)
+
+test: install                  ## the whole suite (CI runs exactly this)
+	$(PY) -m pytest -q
+
+train: install                 ## train both models in full and export new versions
+	$(PY) -m service train --model digits-cnn --epochs 12 --batch-size 128
+	$(PY) -m service train --model digits-rnn --epochs 12 --batch-size 128
+
+fast-train: install            ## one epoch of each, for a quick end-to-end check
+	$(PY) -m service train --model digits-cnn --epochs 1
+	$(PY) -m service train --model digits-rnn --epochs 1
+
+evaluate: install
+	$(PY) -m service evaluate --model digits-cnn
+	$(PY) -m service evaluate --model digits-rnn
+
+bench: install                 ## measure and rewrite bench/RESULTS.md
+	$(PY) bench/run.py
+
+fixtures: install
+	$(PY) tests/fixtures/make_fixtures.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache var

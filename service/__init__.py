@@ -1,0 +1,1 @@
+"""Digit-recognition web service."""

@@ -1,0 +1,147 @@
+"""Settings read once from a CherryPy-format config file and validated at start-up.
+
+The file is INI with Python-literal values, like every CherryPy config:
+``[global]`` is handed to CherryPy as is (server socket, thread pool, logging);
+``[service]`` holds this service's settings; each ``[model:<name>]`` section serves a model.
+Every key has a default, so an empty file serves the shipped graphs.
+"""
+from __future__ import annotations
+
+import ast
+import configparser
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .models.registry import ModelConfig
+from .models.session_pool import PoolSettings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODEL_PREFIX = "model:"
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    graphs_dir: Path = REPO_ROOT / "graphs"
+    mnist_dir: Path = REPO_ROOT / "data" / "mnist"
+    images_root: Path | None = None      # where {"path": ...} instances may be read; None: off
+    default_model: str = "digits-cnn"    # for the seed-compatible routes
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_pixels: int = 25_000_000
+    max_batch_size: int = 256            # instances per request
+    request_timeout_s: float = 10.0
+    log_format: str = "text"             # "text" or "json"
+
+
+@dataclass(frozen=True)
+class Settings:
+    service: ServiceSettings
+    models: list[ModelConfig]
+    cherrypy: dict[str, Any] = field(default_factory=dict)
+    source: Path | None = None
+
+
+CHERRYPY_DEFAULTS: dict[str, Any] = {
+    "server.socket_host": "127.0.0.1",
+    "server.socket_port": 8080,
+    "server.thread_pool": 32,
+    "server.socket_queue_size": 128,
+    "server.socket_timeout": 10,
+    "server.shutdown_timeout": 10,
+    "engine.autoreload.on": False,
+    "log.screen": True,
+    "request.show_tracebacks": False,
+}
+
+DEFAULT_MODELS = ("digits-cnn", "digits-rnn")
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Read and validate ``path`` (None or a missing default file: all defaults)."""
+    parser = configparser.ConfigParser(interpolation=None, delimiters=("=",))
+    parser.optionxform = str  # keep key case, as CherryPy does
+    if path is not None:
+        path = Path(path)
+        try:
+            with open(path) as handle:
+                parser.read_file(handle)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+        except configparser.Error as exc:
+            raise ConfigError(f"{path}: {exc.message}") from None
+    where = str(path or "defaults")
+    raw = {name: _literal_section(parser, name, where) for name in parser.sections()}
+
+    service = _build(ServiceSettings, raw.get("service", {}), f"{where} [service]")
+    model_sections = {n[len(MODEL_PREFIX):]: v for n, v in raw.items() if n.startswith(MODEL_PREFIX)}
+    names = raw.get("service", {}).get("models") or list(model_sections) or list(DEFAULT_MODELS)
+    models = [_model_config(n, model_sections.get(n, {}), f"{where} [model:{n}]") for n in names]
+    unknown = set(raw) - {"global", "service"} - {MODEL_PREFIX + n for n in model_sections}
+    if unknown:
+        raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}; expected [global], "
+                          f"[service] and [model:<name>]")
+    if service.default_model not in names:
+        raise ConfigError(f"{where} [service] default_model: {service.default_model!r} is not "
+                          f"one of the served models {names}")
+    return Settings(service, models, {**CHERRYPY_DEFAULTS, **raw.get("global", {})}, path)
+
+
+def _literal_section(parser: configparser.ConfigParser, name: str, where: str) -> dict[str, Any]:
+    values = {}
+    for key, text in parser.items(name):
+        try:
+            values[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise ConfigError(f"{where} [{name}] {key}: {text!r} is not a Python literal "
+                              "(quote strings: key = \"value\")") from None
+    return values
+
+
+def _model_config(name: str, values: dict[str, Any], where: str) -> ModelConfig:
+    values = dict(values)
+    pool_keys = {f.name for f in dataclasses.fields(PoolSettings)}
+    pool_values = {k: values.pop(k) for k in list(values) if k in pool_keys}
+    if "pool_size" in values:
+        pool_values["size"] = values.pop("pool_size")
+    pool = _build(PoolSettings, pool_values, where)
+    return _build(ModelConfig, {**values, "name": name, "pool": pool}, where)
+
+
+def _build(cls: type, values: dict[str, Any], where: str):
+    """Instantiate a settings dataclass, naming the key at fault in any error."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    converted = {}
+    for key, value in values.items():
+        if key == "models" and cls is ServiceSettings:
+            continue
+        if key not in fields:
+            raise ConfigError(f"{where} {key}: unknown key; known keys: {sorted(fields)}")
+        converted[key] = _convert(value, fields[key], cls, f"{where} {key}")
+    try:
+        return cls(**converted)
+    except ValueError as exc:  # __post_init__ checks name their key
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _convert(value: Any, spec: dataclasses.Field, cls: type, where: str) -> Any:
+    default = spec.default if spec.default is not dataclasses.MISSING else None
+    kind = str(spec.type)
+    if value is None and ("None" in kind):
+        return None
+    if "Path" in kind:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a path string, got {value!r}")
+        path = Path(value)
+        return path if path.is_absolute() else REPO_ROOT / path
+    for typ in (bool, int, float, str):
+        if isinstance(default, typ) or kind.startswith(typ.__name__):
+            if typ is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+                raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}")
+            if typ in (int, float) and value < 0:
+                raise ConfigError(f"{where}: must not be negative, got {value!r}")
+            return value
+    return value

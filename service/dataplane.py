@@ -1,0 +1,135 @@
+"""The protocol-neutral data plane: images (bytes) and options in, predictions out.
+
+It knows neither HTTP nor TensorFlow: it decodes and preprocesses with Pillow/numpy, hands
+numpy batches to the model registry's session pools and shapes what comes back.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import DeadlineExceeded, InvalidInput, PayloadTooLarge
+from .models import preprocess
+from .models.registry import ModelRegistry, ServedModel
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One image to classify, with an optional crop around (x, y)."""
+
+    data: bytes
+    x: float | None = None
+    y: float | None = None
+    crop: float | None = None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    class_id: int
+    label: str
+    probability: float
+    top_k: list[tuple[int, str, float]]
+    probabilities: np.ndarray  # the full softmax row
+
+
+@dataclass
+class ModelResult:
+    model: str
+    version: int
+    predictions: list[Prediction]
+    inputs: np.ndarray  # the preprocessed batch, as the model saw it
+    timing_ms: dict[str, float] = field(default_factory=dict)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class DataPlane:
+    def __init__(self, registry: ModelRegistry, *, max_pixels: int = 25_000_000,
+                 max_batch_size: int = 256, timeout_s: float = 10.0):
+        self.registry = registry
+        self.max_pixels = max_pixels
+        self.max_batch_size = max_batch_size
+        self.timeout_s = timeout_s
+
+    def predict(self, model_names: list[str] | None, instances: list[Instance],
+                top_k: int | None = None) -> dict[str, ModelResult]:
+        """Run each named model (default: every available one) on the same instances.
+
+        All models' batches are queued before waiting on any, so the models run concurrently.
+        """
+        started = time.monotonic()
+        self._check_batch(instances)
+        models = ([self.registry.get(n) for n in model_names] if model_names
+                  else self.registry.available())
+        if not models:
+            self.registry.get(self.registry.names()[0])  # raises the reason nothing is served
+        deadline = started + self.timeout_s
+        pending = []
+        for model in models:
+            k = _check_top_k(top_k, len(model.labels))
+            inputs, decode_s, prep_s = self._prepare(model, instances)
+            pending.append((model, k, inputs, decode_s, prep_s, model.submit(inputs, deadline)))
+        results = {}
+        for model, k, inputs, decode_s, prep_s, future in pending:
+            probabilities, run = self._wait(model, future, deadline)
+            timing = {"decode": decode_s, "preprocess": prep_s, "queue": run.queue,
+                      "inference": run.inference, "total": time.monotonic() - started}
+            results[model.name] = ModelResult(
+                model.name, model.version, [_prediction(row, model.labels, k) for row in probabilities],
+                inputs, {key: round(value * 1000, 3) for key, value in timing.items()})
+        return results
+
+    def _check_batch(self, instances: list[Instance]) -> None:
+        if not instances:
+            raise InvalidInput("The request holds no images.", "missing_image")
+        if len(instances) > self.max_batch_size:
+            raise PayloadTooLarge(f"The request holds {len(instances)} images; at most "
+                                  f"{self.max_batch_size} are allowed.", "batch_too_large")
+
+    def _prepare(self, model: ServedModel, instances: list[Instance]):
+        spec = model.manifest.preprocess
+        decode_s = prep_s = 0.0
+        arrays = []
+        for index, inst in enumerate(instances):
+            t0 = time.monotonic()
+            try:
+                img = preprocess.decode_for(inst.data, spec, x=inst.x, y=inst.y, crop=inst.crop,
+                                            max_pixels=self.max_pixels)
+                t1 = time.monotonic()
+                arrays.append(preprocess.to_model_input(img, spec, inst.x, inst.y, inst.crop))
+            except InvalidInput as exc:
+                if len(instances) > 1:  # say which one, in a batch
+                    exc.message = f"Image {index}: {exc.message}"
+                raise
+            decode_s += t1 - t0
+            prep_s += time.monotonic() - t1
+        return np.stack(arrays), decode_s, prep_s
+
+    def _wait(self, model: ServedModel, future, deadline: float):
+        try:
+            return future.result(max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            future.cancel()
+            raise DeadlineExceeded(f"Model {model.name} did not answer within "
+                                   f"{self.timeout_s:g} s.") from None
+
+
+def _check_top_k(top_k: int | None, num_labels: int) -> int:
+    if top_k is None:
+        return min(5, num_labels)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= num_labels:
+        raise InvalidInput(f"top_k must be an integer from 1 to {num_labels}, got {top_k!r}.",
+                           "bad_parameter")
+    return top_k
+
+
+def _prediction(row: np.ndarray, labels: list[str], k: int) -> Prediction:
+    order = np.argsort(-row, kind="stable")[:k]
+    top = [(int(c), labels[c], float(row[c])) for c in order]
+    best = top[0]
+    return Prediction(best[0], best[1], best[2], top, row)

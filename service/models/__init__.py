@@ -1,0 +1,1 @@
+"""Datasets, model architectures and model loading."""

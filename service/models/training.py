@@ -1,0 +1,108 @@
+"""Train an architecture on MNIST, freeze it, verify the frozen graph and export a new version."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from . import datasets, evaluation, graph, store
+from .architectures import get_architecture
+from .architectures.base import Architecture
+from .manifest import Manifest, TensorInfo, read_labels, sha256_bytes
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    model: str
+    epochs: int
+    batch_size: int
+    seed: int = 1234
+    limit: int | None = None  # train on the first N training images only (smoke runs)
+    graphs_dir: Path = REPO_ROOT / "graphs"
+    data_dir: Path = datasets.DEFAULT_DIR
+    verbose: int = 1
+
+
+def to_input_shape(images: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
+    """uint8 (N, 28, 28) -> float32 in [0, 1] shaped (N, *input_shape)."""
+    return (images.astype(np.float32) / 255.0).reshape((len(images), *input_shape))
+
+
+def to_input(images: np.ndarray, arch: Architecture) -> np.ndarray:
+    return to_input_shape(images, arch.input_shape)
+
+
+def train(run: TrainingRun) -> Manifest:
+    """Train, freeze, check the frozen graph against Keras, evaluate, and write a version."""
+    import keras
+    import tensorflow as tf
+
+    arch = get_architecture(run.model)
+    keras.utils.set_random_seed(run.seed)
+    tf.config.experimental.enable_op_determinism()
+
+    x_train, y_train = datasets.load_mnist("train", run.data_dir)
+    x_test, y_test = datasets.load_mnist("test", run.data_dir)
+    if run.limit:
+        x_train, y_train = x_train[: run.limit], y_train[: run.limit]
+
+    model = arch.build()
+    steps = run.epochs * -(-len(x_train) // run.batch_size)
+    model.compile(optimizer=keras.optimizers.Adam(_learning_rate(arch, steps)),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    started = time.monotonic()
+    model.fit(to_input(x_train, arch), y_train.astype(np.int64), epochs=run.epochs,
+              batch_size=run.batch_size, shuffle=True, verbose=run.verbose)
+    train_seconds = time.monotonic() - started
+
+    frozen = graph.freeze_keras_model(model, arch.input_shape)
+    check_frozen_matches_keras(model, frozen, to_input(x_test[:256], arch))
+
+    labels = read_labels(REPO_ROOT / arch.labels_file)
+    result = evaluation.evaluate(lambda b: graph.run_frozen(frozen, to_input(b, arch)),
+                                 x_test, y_test, len(labels), batch_size=len(x_test))
+    manifest = Manifest(
+        name=arch.name,
+        version=store.next_version(run.graphs_dir, arch.name),
+        created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        architecture=arch.description,
+        input=TensorInfo(frozen.input_tensor, [None, *arch.input_shape], "float32"),
+        outputs={"probabilities": frozen.output_tensor},
+        labels_file=arch.labels_file,
+        preprocess=arch.preprocess,
+        accuracy=result.accuracy,
+        per_class_accuracy=result.per_class_accuracy,
+        sha256=sha256_bytes(frozen.graph_def_bytes),
+        tf_version=tf.__version__,
+        training={"epochs": run.epochs, "batch_size": run.batch_size, "seed": run.seed,
+                  "limit": run.limit, "train_images": int(len(x_train)),
+                  "learning_rate": arch.learning_rate, "lr_schedule": arch.lr_schedule,
+                  "optimizer": "adam",
+                  "seconds": round(train_seconds, 1)},
+    )
+    out = store.write_version(run.graphs_dir, manifest, frozen.graph_def_bytes)
+    evaluation.confusion_png(result, labels, out / "confusion.png")
+    return manifest
+
+
+def _learning_rate(arch: Architecture, steps: int):
+    import keras
+
+    if arch.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(arch.learning_rate, decay_steps=steps)
+    return arch.learning_rate
+
+
+def check_frozen_matches_keras(model, frozen: graph.FrozenGraph, sample: np.ndarray,
+                               atol: float = 1e-5) -> None:
+    """The frozen graph must compute what the Keras model computes; raise if it does not."""
+    expected = np.asarray(model(sample, training=False))
+    actual = graph.run_frozen(frozen, sample)
+    worst = float(np.max(np.abs(expected - actual)))
+    if worst > atol:
+        raise RuntimeError(f"frozen graph differs from the Keras model by {worst:g} (> {atol:g})")

@@ -1,0 +1,1 @@
+"""The web layer: CherryPy routes over the data plane. Imports nothing from TensorFlow."""

@@ -1,0 +1,175 @@
+"""The canonical API: /v1/models, /v1/models/<name>[/predict], /v1/predict, health routes."""
+from __future__ import annotations
+
+from typing import Any
+
+import cherrypy
+
+from ..dataplane import DataPlane, ModelResult, new_request_id
+from ..errors import InvalidInput, NotFound, Unavailable
+from ..models.registry import ModelState, ModelStatus, ServedModel
+from .bodies import BodyLimits, PredictBody, parse_predict_body
+from .responses import json_endpoint, require_method
+
+
+def prediction_json(result: ModelResult, request_id: str) -> dict[str, Any]:
+    return {
+        "model": result.model,
+        "version": result.version,
+        "request_id": request_id,
+        "predictions": [
+            {"class": p.class_id, "label": p.label, "probability": p.probability,
+             "top_k": [{"class": c, "label": label, "probability": prob}
+                       for c, label, prob in p.top_k]}
+            for p in result.predictions
+        ],
+        "timing_ms": result.timing_ms,
+    }
+
+
+def model_summary(status: ModelStatus) -> dict[str, Any]:
+    model = status.model
+    summary: dict[str, Any] = {"name": status.name, "version": status.version,
+                               "state": status.state.value}
+    if model is not None:
+        summary.update(input=_input_json(model), labels=model.labels,
+                       accuracy=model.manifest.accuracy)
+    if status.error:
+        summary["error"] = status.error
+    return summary
+
+
+def model_details(status: ModelStatus) -> dict[str, Any]:
+    details = model_summary(status)
+    model = status.model
+    if model is not None:
+        m = model.manifest
+        details.update(
+            architecture=m.architecture, created=m.created, outputs=m.outputs,
+            preprocess=m.preprocess.to_dict(), per_class_accuracy=m.per_class_accuracy,
+            sha256=m.sha256, tf_version=m.tf_version, training=m.training,
+            load_seconds=round(model.load_seconds, 3), layers=model.layers,
+            pool={"size": model.pool.settings.size,
+                  "max_batch_size": model.pool.settings.max_batch_size,
+                  "batch_timeout_ms": model.pool.settings.batch_timeout_ms,
+                  "queue_size": model.pool.settings.queue_size})
+    return details
+
+
+def _input_json(model: ServedModel) -> dict[str, Any]:
+    tensor = model.manifest.input
+    return {"name": tensor.name, "shape": tensor.shape, "dtype": tensor.dtype,
+            "preprocess": model.manifest.preprocess.describe()}
+
+
+class Predictor:
+    """Runs a parsed predict body against named models; shared by every predict route."""
+
+    def __init__(self, plane: DataPlane, limits: BodyLimits):
+        self.plane = plane
+        self.limits = limits
+
+    def parse(self, params: dict[str, Any]) -> PredictBody:
+        return parse_predict_body(params, self.limits)
+
+    def one(self, name: str, body: PredictBody) -> dict[str, Any]:
+        result = self.plane.predict([name], body.instances, body.top_k)[name]
+        return prediction_json(result, new_request_id())
+
+    def many(self, names: list[str] | None, body: PredictBody) -> dict[str, Any]:
+        request_id = new_request_id()
+        results = self.plane.predict(names, body.instances, body.top_k)
+        return {"request_id": request_id,
+                "results": {n: prediction_json(r, request_id) for n, r in results.items()}}
+
+
+class ModelsResource:
+    """/v1/models, /v1/models/<name>, /v1/models/<name>/predict."""
+
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor
+        self.registry = predictor.plane.registry
+
+    @cherrypy.expose
+    @json_endpoint
+    def index(self):
+        require_method("GET")
+        return {"models": [model_summary(s) for s in self.registry.statuses()]}
+
+    @cherrypy.expose
+    @json_endpoint
+    def default(self, name: str, action: str | None = None, *rest, **params):
+        status = self._status(name)
+        if rest or action not in (None, "predict"):
+            raise NotFound(f"There is nothing at {cherrypy.request.path_info}.", "not_found")
+        if action is None:
+            require_method("GET")
+            return model_details(status)
+        require_method("POST")
+        return self.predictor.one(name, self.predictor.parse(params))
+
+    def _status(self, name: str) -> ModelStatus:
+        for status in self.registry.statuses():
+            if status.name == name:
+                return status
+        raise NotFound(f"There is no model named {name!r}.", "model_not_found")
+
+
+class V1:
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor
+        self.models = ModelsResource(predictor)
+
+    @cherrypy.expose
+    @json_endpoint
+    def predict(self, models: str | None = None, **params):
+        """POST /v1/predict: every available model, or ?models=a,b, on the same images."""
+        require_method("POST")
+        names = [n.strip() for n in models.split(",") if n.strip()] if models else None
+        if models is not None and not names:
+            raise InvalidInput("'models' must name at least one model.", "bad_parameter")
+        return self.predictor.many(names, self.predictor.parse(params))
+
+
+class HealthRoutes:
+    """/status, /healthz and /readyz, mixed into the root object."""
+
+    registry: Any
+
+    @cherrypy.expose
+    @json_endpoint
+    def status(self):
+        require_method("GET")
+        statuses = self.registry.statuses()
+        degraded = any(s.state is ModelState.FAILED for s in statuses)
+        return {"status": "degraded" if degraded else "ok",
+                "models": {s.name: _status_json(s) for s in statuses}}
+
+    @cherrypy.expose
+    @json_endpoint
+    def healthz(self):
+        require_method("GET")
+        return {"status": "alive"}
+
+    @cherrypy.expose
+    @json_endpoint
+    def readyz(self):
+        require_method("GET")
+        statuses = self.registry.statuses()
+        waiting = [s.name for s in statuses if s.state is not ModelState.AVAILABLE]
+        if waiting:
+            raise Unavailable(f"Not ready: waiting for model(s) {', '.join(waiting)}.",
+                              "not_ready", retry_after=5)
+        return {"status": "ready"}
+
+
+def _status_json(status: ModelStatus) -> dict[str, Any]:
+    data: dict[str, Any] = {"state": status.state.value, "version": status.version}
+    if status.error:
+        data["error"] = status.error
+    if status.model is not None:
+        pool = status.model.pool
+        data.update(queue_depth=pool.queue_depth, busy_workers=pool.busy,
+                    batches=sum(pool.stats.batch_sizes.values()),
+                    load_seconds=round(status.model.load_seconds, 3))
+    return data

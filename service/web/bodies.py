@@ -1,0 +1,184 @@
+"""Turn a predict request (raw image, multipart form or JSON) into instances and options.
+
+Adding a body kind means adding one parser to ``PARSERS``.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import cherrypy
+
+from ..dataplane import Instance
+from ..errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from ..images_root import read_image_path
+
+RAW_IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/tiff",
+                   "image/webp", "application/octet-stream")
+DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+(;[\w=.+-]+)*;base64,", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    images_root: Path | None
+    max_body_bytes: int
+
+
+@dataclass(frozen=True)
+class PredictBody:
+    instances: list[Instance]
+    top_k: int | None = None
+
+
+def parse_predict_body(params: dict[str, Any], limits: BodyLimits) -> PredictBody:
+    """Read the current request's body according to its Content-Type."""
+    content_type = media_type()
+    parser = _parser_for(content_type)
+    if parser is None:
+        accepted = ", ".join((*RAW_IMAGE_TYPES, "multipart/form-data", "application/json"))
+        raise UnsupportedMediaType(f"Content-Type {content_type or '(none)'!r} is not accepted; "
+                                   f"send one of: {accepted}.")
+    return parser(params, limits)
+
+
+def media_type() -> str:
+    return cherrypy.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+
+
+def _parser_for(content_type: str) -> Callable | None:
+    if content_type in RAW_IMAGE_TYPES:
+        return _raw_body
+    return PARSERS.get(content_type)
+
+
+def read_body(limit: int) -> bytes:
+    """The unprocessed request body (CherryPy has already refused it if over ``limit``)."""
+    data = cherrypy.request.body.read()
+    if len(data) > limit:  # no Content-Length (chunked): cheroot stops at the limit too
+        raise PayloadTooLarge(f"The request body is larger than {limit} bytes.", "body_too_large")
+    return data
+
+
+def _raw_body(params: dict[str, Any], limits: BodyLimits) -> PredictBody:
+    data = read_body(limits.max_body_bytes)
+    if not data:
+        raise InvalidInput("The request body is empty; send the image bytes.", "missing_image")
+    return PredictBody([_instance(data, params)], parse_top_k(params.get("top_k")))
+
+
+def _multipart_body(params: dict[str, Any], limits: BodyLimits) -> PredictBody:
+    part = params.get("image")
+    if part is None or not hasattr(part, "file") or part.file is None:
+        raise InvalidInput("The form has no file field named 'image'.", "missing_image")
+    data = part.file.read()
+    if not data:
+        raise InvalidInput("The uploaded file 'image' is empty.", "missing_image")
+    return PredictBody([_instance(data, params)], parse_top_k(params.get("top_k")))
+
+
+def _json_body(params: dict[str, Any], limits: BodyLimits) -> PredictBody:
+    return body_from_json(parse_json(read_body(limits.max_body_bytes)), params, limits)
+
+
+def body_from_json(payload: Any, params: dict[str, Any], limits: BodyLimits) -> PredictBody:
+    """``{"instances": [...], "top_k": k}`` or the one-image shorthand ``{"image": b64}``."""
+    if not isinstance(payload, dict):
+        raise InvalidInput("The JSON body must be an object.", "invalid_json")
+    if "instances" in payload:
+        items = payload["instances"]
+        if not isinstance(items, list) or not items:
+            raise InvalidInput("'instances' must be a non-empty list.", "missing_image")
+    elif "image" in payload:
+        top_k = parse_top_k(payload.get("top_k", params.get("top_k")))
+        return PredictBody([_instance(decode_base64(payload["image"]), payload)], top_k)
+    else:
+        raise InvalidInput("The JSON body needs 'instances' (a list) or 'image' (base64).",
+                           "missing_image")
+    top_k = parse_top_k(payload.get("top_k", params.get("top_k")))
+    return PredictBody([_json_instance(item, i, limits) for i, item in enumerate(items)], top_k)
+
+
+PARSERS: dict[str, Callable[[dict[str, Any], BodyLimits], PredictBody]] = {
+    "multipart/form-data": _multipart_body,
+    "application/json": _json_body,
+}
+
+
+def parse_json(data: bytes) -> Any:
+    if not data.strip():
+        raise InvalidInput("The request body is empty; send a JSON object.", "invalid_json")
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"The body is not valid JSON: {exc}.", "invalid_json") from None
+
+
+def _json_instance(item: Any, index: int, limits: BodyLimits) -> Instance:
+    where = f"instances[{index}]"
+    if not isinstance(item, dict):
+        raise InvalidInput(f"{where} must be an object with 'b64' or 'path'.", "bad_instance")
+    if "b64" in item:
+        data = decode_base64(item["b64"], f"{where}.b64")
+    elif "path" in item:
+        data = read_image_path(limits.images_root, item["path"], limits.max_body_bytes)
+    else:
+        raise InvalidInput(f"{where} needs 'b64' (base64 image) or 'path'.", "missing_image")
+    return _instance(data, item, where + ".")
+
+
+def _instance(data: bytes, options: dict[str, Any], where: str = "") -> Instance:
+    x = parse_number(options.get("x"), where + "x")
+    y = parse_number(options.get("y"), where + "y")
+    crop = parse_number(options.get("crop"), where + "crop")
+    if (x is None) != (y is None):
+        raise InvalidInput(f"Give both {where}x and {where}y, or neither.", "bad_parameter")
+    if crop is not None and not 0 < crop <= 1:
+        raise InvalidInput(f"{where}crop must be a fraction in (0, 1], got {crop:g}.",
+                           "bad_parameter")
+    return Instance(data, x, y, crop)
+
+
+def decode_base64(text: Any, where: str = "image") -> bytes:
+    """Standard or URL-safe base64, padded or not, or a ``data:`` URL."""
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidInput(f"'{where}' must be a non-empty base64 string.", "missing_image")
+    text = DATA_URL.sub("", text.strip(), count=1)
+    text = re.sub(r"\s+", "", text).replace("-", "+").replace("_", "/").rstrip("=")
+    try:
+        data = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(f"'{where}' is not valid base64.", "bad_base64") from None
+    if not data:
+        raise InvalidInput(f"'{where}' decodes to no bytes.", "missing_image")
+    return data
+
+
+def parse_number(value: Any, name: str) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise InvalidInput(f"{name} must be a number, got {value!r}.", "bad_parameter")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{name} must be a number, got {value!r}.", "bad_parameter") from None
+    if not math.isfinite(number):
+        raise InvalidInput(f"{name} must be a finite number.", "bad_parameter")
+    return number
+
+
+def parse_top_k(value: Any) -> int | None:
+    """None means the default; range checks happen where the label count is known."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    raise InvalidInput(f"top_k must be an integer, got {value!r}.", "bad_parameter")

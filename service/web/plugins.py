@@ -1,0 +1,32 @@
+"""CherryPy engine plugins: the model registry's life follows the engine's."""
+from __future__ import annotations
+
+import logging
+
+from cherrypy.process.plugins import SimplePlugin
+
+from ..models.registry import ModelRegistry
+
+log = logging.getLogger("service.web")
+
+
+class ModelPlugin(SimplePlugin):
+    """Loads the models after the Daemonizer forks (65) and before the HTTP server binds (75).
+
+    TensorFlow is first imported here, in the process that will serve: TF sessions and
+    their threads do not survive a fork. Stop runs after the HTTP server's (25), so requests
+    in flight finish on live pools before the pools close.
+    """
+
+    def __init__(self, bus, registry: ModelRegistry):
+        super().__init__(bus)
+        self.registry = registry
+
+    def start(self) -> None:
+        self.registry.start()
+
+    start.priority = 72
+
+    def stop(self) -> None:
+        log.info("stopping model pools")
+        self.registry.stop()

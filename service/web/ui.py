@@ -1,0 +1,208 @@
+"""The tester-facing HTML form: ``GET /`` and ``POST /result``.
+
+``POST /result`` answers a full page (the form again, with the results under it) to a plain
+form post, and only the results fragment (``_result.html``) when the request carries
+``X-Requested-With: fetch`` (what ``static/app.js`` sends). Errors are rendered the same
+way, as readable HTML with the error's HTTP status, never as JSON.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any
+
+import cherrypy
+import jinja2
+from markupsafe import escape
+
+from ..config import REPO_ROOT
+from ..dataplane import Instance, ModelResult
+from ..errors import InvalidInput, ServiceError
+from ..models import preprocess
+from ..models.registry import ModelState
+from .bodies import _instance
+from .responses import HTTP_CODES, require_method
+
+log = logging.getLogger("service.web")
+
+TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(REPO_ROOT / "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+FRAGMENT_HEADER = "X-Requested-With"
+FRAGMENT_VALUE = "fetch"
+PREVIEW_PX = 224  # the enlarged model input is about this wide (28 px x 8)
+TIMING_KEYS = ("decode", "preprocess", "queue", "inference", "total")
+ERROR_TITLES = {
+    400: "That image could not be used",
+    404: "Not found",
+    405: "Upload an image with the form",
+    413: "That file is too large",
+    415: "That file type is not supported",
+    503: "The model is not available right now",
+    504: "The model took too long to answer",
+}
+
+
+def _upload_instance(image: Any, x: Any, y: Any) -> Instance:
+    if isinstance(image, list):
+        raise InvalidInput("Upload one image at a time.", "bad_parameter")
+    if image is None or getattr(image, "file", None) is None:
+        raise InvalidInput("No image was uploaded: choose an image file, then press "
+                           "Recognize.", "missing_image")
+    data = image.file.read()
+    if not data:
+        raise InvalidInput("The chosen file is empty (0 bytes); choose another image.",
+                           "missing_image")
+    # The API's own rules for x and y (numbers; both or neither).
+    return _instance(data, {"x": x, "y": y})
+
+
+def _form_values(model: Any, x: Any, y: Any) -> dict[str, str]:
+    """What the user sent, to fill the form in again (file inputs cannot be refilled)."""
+    def text(value: Any) -> str:
+        return value if isinstance(value, str) else ""
+    return {"model": text(model) or "all", "x": text(x), "y": text(y)}
+
+
+def _result_view(result: ModelResult) -> dict[str, Any]:
+    best = result.predictions[0]
+    array = result.inputs[0]
+    height, width = array.shape[:2]
+    scale = max(1, PREVIEW_PX // max(height, width))
+    png = preprocess.to_png(array, scale=scale)
+    return {
+        "model": result.model,
+        "version": result.version,
+        "label": best.label,
+        "class_id": best.class_id,
+        "probability": best.probability,
+        "top": [{"class_id": c, "label": label, "probability": p} for c, label, p in best.top_k],
+        "image": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+        "image_width": width * scale,
+        "image_height": height * scale,
+        "input_size": f"{width}\u00d7{height}",
+        "scale": scale,
+        "timings": [(k, result.timing_ms[k]) for k in TIMING_KEYS if k in result.timing_ms],
+    }
+
+
+def _wants_fragment() -> bool:
+    return cherrypy.request.headers.get(FRAGMENT_HEADER, "").strip().lower() == FRAGMENT_VALUE
+
+
+def _page_context(root: Any) -> dict[str, Any]:
+    statuses = root.registry.statuses()
+    max_bytes = root.predictor.limits.max_body_bytes
+    return {
+        "models": [{"name": s.name, "version": s.version}
+                   for s in statuses if s.state is ModelState.AVAILABLE],
+        "unavailable": [{"name": s.name, "state": s.state.value, "error": s.error}
+                        for s in statuses if s.state is not ModelState.AVAILABLE],
+        "max_bytes": max_bytes,
+        "max_size": _human_bytes(max_bytes),
+    }
+
+
+def _render(root: Any, template: str, fragment: bool, **context: Any) -> str:
+    context.setdefault("results", [])
+    context.setdefault("error", None)
+    context.setdefault("filename", "")
+    context.setdefault("form", {"model": "all", "x": "", "y": ""})
+    if fragment:
+        return TEMPLATES.get_template("_result.html").render(**context)
+    return TEMPLATES.get_template(template).render(**_page_context(root), **context)
+
+
+def _respond(root: Any, template: str, fragment: bool | None = None, **context: Any) -> bytes:
+    fragment = _wants_fragment() if fragment is None else fragment
+    headers = cherrypy.response.headers
+    headers["Content-Type"] = "text/html; charset=utf-8"
+    if template != "index.html":
+        headers["Vary"] = FRAGMENT_HEADER
+        headers["Cache-Control"] = "no-store"
+    return _render(root, template, fragment, **context).encode("utf-8")
+
+
+def _error_response(root: Any, status: int, code: str, message: str,
+                    headers: dict | None = None, form: dict | None = None) -> bytes:
+    cherrypy.response.status = status
+    cherrypy.response.headers.update(headers or {})
+    if status >= 500:
+        log.warning("%s %s -> %d %s: %s", cherrypy.request.method, cherrypy.request.path_info,
+                    status, code, message)
+    error = {"status": status, "code": code, "message": message,
+             "title": ERROR_TITLES.get(status, "Something went wrong")}
+    context = {"error": error}
+    if form:
+        context["form"] = form
+    return _respond(root, "result.html", **context)
+
+
+def html_error_page(status: str, message: str, traceback: str = "", version: str = "") -> str:
+    """``error_page.default`` for /result: CherryPy's HTTP errors as the HTML result page."""
+    code = int(str(status).split()[0])
+    try:
+        root = cherrypy.request.app.root
+        limit = root.predictor.limits.max_body_bytes
+        text = {
+            405: "This page shows the result of an upload: choose an image below and press "
+                 "Recognize.",
+            413: f"The upload is larger than the server accepts ({_human_bytes(limit)}); "
+                 "choose a smaller image.",
+            500: "The server hit an unexpected error; it has been logged.",
+        }.get(code) or str(message)
+        body = _error_response(root, code, HTTP_CODES.get(code, f"http_{code}"), text)
+        return body.decode("utf-8")
+    except Exception:  # never let the error page itself fail
+        log.error("the HTML error page failed", exc_info=True)
+        cherrypy.response.headers["Content-Type"] = "text/html; charset=utf-8"
+        return (f"<!doctype html><title>Error {code}</title><h1>Error {code}</h1>"
+                f"<p>{escape(str(message))}</p><p><a href=\"/\">Back to "
+                "the form</a></p>")
+
+
+def _human_bytes(size: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:g} {unit}" if unit == "bytes" else f"{size:.3g} {unit}"
+        size /= 1024
+    return f"{size} bytes"  # pragma: no cover
+
+
+class UiRoutes:
+    """``/`` and ``/result``, mixed into the root object (which provides the attributes)."""
+
+    registry: Any
+    plane: Any
+    predictor: Any
+
+    @cherrypy.expose
+    def index(self):
+        require_method("GET")
+        return _respond(self, "index.html", fragment=False)
+
+    @cherrypy.expose
+    def result(self, image=None, x=None, y=None, model="all", **_):
+        require_method("POST")
+        form = _form_values(model, x, y)
+        try:
+            instance = _upload_instance(image, x, y)
+            if not isinstance(model, str):
+                raise InvalidInput("Choose one model, or all models.", "bad_parameter")
+            names = None if model in ("", "all") else [model]
+            # top_k=None: the plane's default, the top 5 (or every label, for fewer than 5).
+            results = self.plane.predict(names, [instance], top_k=None)
+        except ServiceError as exc:
+            return _error_response(self, exc.status, exc.code, exc.message, exc.headers, form)
+        views = [_result_view(r) for r in results.values()]
+        return _respond(self, "result.html", results=views, form=form,
+                        filename=getattr(image, "filename", None) or "")
+
+    # CherryPy's own errors on this route (413 body too large, 405, a malformed multipart
+    # body) are shown as HTML too: a handler's config is merged after the app's "/" config.
+    result._cp_config = {"error_page.default": html_error_page}

@@ -1,0 +1,59 @@
+"""Settings: defaults serve the shipped graphs; bad values are refused naming their key."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.config import REPO_ROOT, load_settings
+from service.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "service.conf"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_config_and_defaults_agree():
+    shipped = load_settings(REPO_ROOT / "conf" / "service.conf")
+    defaults = load_settings(None)
+    assert [m.name for m in shipped.models] == [m.name for m in defaults.models]
+    assert shipped.service == defaults.service
+    assert shipped.models[0].min_accuracy == 0.992
+    assert shipped.cherrypy["server.socket_port"] == 8080
+
+
+def test_model_sections_build_pool_settings(tmp_path):
+    settings = load_settings(write(tmp_path, """
+[service]
+models = ["digits-cnn"]
+images_root = "/srv/images"
+[model:digits-cnn]
+version = 3
+pool_size = 2
+batch_timeout_ms = 1
+"""))
+    (model,) = settings.models
+    assert model.version == 3 and model.pool.size == 2 and model.pool.batch_timeout_ms == 1.0
+    assert settings.service.images_root == Path("/srv/images")
+
+
+@pytest.mark.parametrize("text, key", [
+    ("[service]\nmax_body_bytes = 'big'\n", "max_body_bytes"),
+    ("[service]\nmax_pixels = -1\n", "max_pixels"),
+    ("[service]\nbogus = 1\n", "bogus"),
+    ("[service]\ndefault_model = \"nope\"\n", "default_model"),
+    ("[model:digits-cnn]\npool_size = 0\n", "size"),
+    ("[model:digits-cnn]\nmax_batch_size = 1.5\n", "max_batch_size"),
+    ("[service]\nmax_batch_size = unquoted words\n", "max_batch_size"),
+    ("[weird]\nx = 1\n", "weird"),
+])
+def test_bad_values_name_their_key(tmp_path, text, key):
+    with pytest.raises(ConfigError, match=key):
+        load_settings(write(tmp_path, text))
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_settings(tmp_path / "nope.conf")
