@@ -28,13 +28,13 @@ stop:
 test: install                  ## the whole suite (CI runs exactly this)
 	$(PY) -m pytest -q
 
-train: install                 ## train both models in full and export new versions
+train: install                 ## train both models in full and export new versions to graphs/
 	$(PY) -m service train --model digits-cnn --epochs 12 --batch-size 128
-	$(PY) -m service train --model digits-rnn --epochs 12 --batch-size 128
+	$(PY) -m service train --model digits-rnn --epochs 20 --batch-size 128
 
-fast-train: install            ## one epoch of each, for a quick end-to-end check
-	$(PY) -m service train --model digits-cnn --epochs 1
-	$(PY) -m service train --model digits-rnn --epochs 1
+fast-train: install            ## one epoch of each into var/graphs (not served: below the QA floor)
+	$(PY) -m service train --model digits-cnn --epochs 1 --graphs-dir var/graphs
+	$(PY) -m service train --model digits-rnn --epochs 1 --graphs-dir var/graphs
 
 evaluate: install
 	$(PY) -m service evaluate --model digits-cnn

@@ -24,7 +24,9 @@ from ..errors import DeadlineExceeded, Overloaded, Unavailable
 class PoolSettings:
     size: int = 1                   # sessions, one worker thread each
     max_batch_size: int = 256       # rows per session.run
-    batch_timeout_ms: float = 2.0   # how long a worker waits to fill a batch
+    # How long a worker waits for more work to fill a batch. 0: run at once with whatever
+    # queued while the previous batch ran -- under load batches still grow, idle latency stays low.
+    batch_timeout_ms: float = 0.0
     queue_size: int = 1024          # pending submissions before Overloaded
     intra_op_threads: int = 0       # 0: cores // size, so sessions x threads <= cores
     inter_op_threads: int = 1

@@ -14,6 +14,7 @@ from ..dataplane import DataPlane
 from ..models.registry import ModelRegistry
 from .api import HealthRoutes, Predictor, V1
 from .bodies import BodyLimits
+from . import limits  # noqa: F401  (registers tools.body_limit)
 from .compat import CompatRoutes
 from .plugins import ModelPlugin
 from .responses import error_page, unexpected_error
@@ -37,9 +38,12 @@ class Root(HealthRoutes, CompatRoutes, UiRoutes):
         self.v1 = V1(self.predictor)
 
 
-def app_config() -> dict[str, Any]:
+def app_config(max_body_bytes: int) -> dict[str, Any]:
     return {
         "/": {
+            "tools.body_limit.on": True,
+            "tools.body_limit.limit": max_body_bytes,
+            "request.body.maxbytes": max_body_bytes,
             "error_page.default": error_page,
             "request.error_response": unexpected_error,
             "tools.encode.on": False,
@@ -57,11 +61,11 @@ def app_config() -> dict[str, Any]:
 def mount(settings: Settings) -> ModelRegistry:
     """Configure CherryPy from ``settings`` and mount the app; models load at engine start."""
     service = settings.service
-    cherrypy.config.update({**settings.cherrypy,
-                            "server.max_request_body_size": service.max_body_bytes})
+    # cheroot's own limit answers in plain text; ours (limits.py) answers in JSON.
+    cherrypy.config.update({**settings.cherrypy, "server.max_request_body_size": 0})
     _route_service_logs()
     registry = ModelRegistry(settings.models, service.graphs_dir)
-    cherrypy.tree.mount(Root(settings, registry), "/", app_config())
+    cherrypy.tree.mount(Root(settings, registry), "/", app_config(service.max_body_bytes))
     ModelPlugin(cherrypy.engine, registry).subscribe()
     return registry
 

@@ -61,7 +61,7 @@ def error_page(status: str, message: str, traceback: str, version: str) -> str:
     """CherryPy's own HTTP errors (404, 405, 413...) as our JSON error shape."""
     code = int(str(status).split()[0])
     cherrypy.response.headers["Content-Type"] = "application/json"
-    text = MESSAGES.get(code) or str(message)
+    text = str(message) if code == 413 else MESSAGES.get(code) or str(message)
     return json.dumps(error_payload(HTTP_CODES.get(code, f"http_{code}"), text))
 
 

@@ -37,7 +37,11 @@ FRAGMENT_HEADER = "X-Requested-With"
 FRAGMENT_VALUE = "fetch"
 PREVIEW_PX = 224  # the enlarged model input is about this wide (28 px x 8)
 TIMING_KEYS = ("decode", "preprocess", "queue", "inference", "total")
-ERROR_TITLES = {
+ERROR_TITLES = {  # by error code first, then by HTTP status
+    "missing_image": "No image to read",
+    "bad_parameter": "Please check the form",
+    "blank_image": "No digit found",
+    "model_not_found": "Unknown model",
     400: "That image could not be used",
     404: "Not found",
     405: "Upload an image with the form",
@@ -135,8 +139,8 @@ def _error_response(root: Any, status: int, code: str, message: str,
     if status >= 500:
         log.warning("%s %s -> %d %s: %s", cherrypy.request.method, cherrypy.request.path_info,
                     status, code, message)
-    error = {"status": status, "code": code, "message": message,
-             "title": ERROR_TITLES.get(status, "Something went wrong")}
+    title = ERROR_TITLES.get(code) or ERROR_TITLES.get(status, "Something went wrong")
+    error = {"status": status, "code": code, "message": message, "title": title}
     context = {"error": error}
     if form:
         context["form"] = form
@@ -167,11 +171,14 @@ def html_error_page(status: str, message: str, traceback: str = "", version: str
 
 
 def _human_bytes(size: int) -> str:
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:g} {unit}" if unit == "bytes" else f"{size:.3g} {unit}"
-        size /= 1024
-    return f"{size} bytes"  # pragma: no cover
+    if size < 1024:
+        return f"{size} bytes"
+    value, unit = size / 1024, "KB"
+    for bigger in ("MB", "GB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:,.1f}".rstrip("0").rstrip(".") + f" {unit}"
 
 
 class UiRoutes:

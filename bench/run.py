@@ -1,0 +1,928 @@
+#!/usr/bin/env python3
+"""Measure the digits service on this machine; rewrite bench/RESULTS.md and bench/results.json.
+
+    make bench                                  # the full run, about 4-5 minutes
+    .venv/bin/python bench/run.py --quick       # a ~1 minute smoke run (written to a temp dir)
+
+Model layer (in this process, the CNN frozen graph loaded the way the server loads it):
+  (a) raw ``session.run`` images/s at batch 1, 32 and 256 (256 is "the ceiling");
+  (b) the SessionPool under 32 single-image submitter threads, batching on vs off;
+  (c) preprocess() cost per image for the 28x28 PNG and the 1000x1000 JPEG photo fixtures.
+HTTP (the real server in a subprocess on a loopback port):
+  (d) one keep-alive client posting the PNG: p50/p99 latency;
+  (e) 32 concurrent clients (wrk, or a multi-process Python client): requests/s, p50/p99;
+  (f) JSON bodies of 256 base64 PNGs: images/s, 1 client and 2 concurrent clients.
+Every target is judged against numbers from the same run. Progress goes to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import http.client
+import io
+import json
+import math
+import multiprocessing
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+BENCH_DIR = REPO / "bench"
+FIXTURES = REPO / "tests" / "fixtures"
+PNG_FIXTURE = FIXTURES / "digit7_28.png"
+PHOTO_FIXTURE = FIXTURES / "photo_digit.jpg"
+WRK_SCRIPT = BENCH_DIR / "predict.lua"
+MODEL = "digits-cnn"
+PREDICT_PATH = f"/v1/models/{MODEL}/predict"
+LOOPBACK = "127.0.0.1"  # the only address this benchmark ever talks to
+CLIENTS = 32
+RAW_BATCHES = (1, 32, 256)
+JSON_BATCH = 256
+STARTED = time.monotonic()
+
+
+# ---------------------------------------------------------------------------------------------
+# Plan and results
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long each measurement runs."""
+
+    raw_seconds: float = 5.0         # (a) per batch size
+    pool_warmup: float = 1.0         # (b) per configuration, not counted
+    pool_seconds: float = 10.0       # (b) per configuration
+    png_runs: int = 5000             # (c)
+    photo_runs: int = 300            # (c)
+    latency_requests: int = 2000     # (d)
+    http_warmup: int = 200           # (d) requests, and (e) a wrk/Python warm-up of 2 s
+    load_seconds: float = 20.0       # (e)
+    load_max_requests: int = 100_000 # (e) bound on the request count
+    batch_seconds: float = 15.0      # (f) per client count
+    batch_min_requests: int = 5      # (f)
+
+
+FULL = Plan()
+QUICK = Plan(raw_seconds=1.0, pool_warmup=0.3, pool_seconds=2.0, png_runs=500, photo_runs=30,
+             latency_requests=200, http_warmup=20, load_seconds=3.0, load_max_requests=10_000,
+             batch_seconds=3.0, batch_min_requests=2)
+
+
+@dataclass
+class Target:
+    key: str          # the measurement it judges, e.g. "b"
+    rule: str         # what must hold, for people
+    measured: float
+    op: str           # "<=" or ">="
+    required: float
+    unit: str
+    met: bool
+
+
+@dataclass
+class Results:
+    environment: dict[str, Any] = field(default_factory=dict)
+    raw_session: dict[str, dict] = field(default_factory=dict)     # (a) by batch size
+    pool: dict[str, dict] = field(default_factory=dict)            # (b) by configuration
+    preprocess: dict[str, dict] = field(default_factory=dict)      # (c) by fixture
+    http_latency: dict[str, Any] = field(default_factory=dict)     # (d)
+    http_load: dict[str, Any] = field(default_factory=dict)        # (e)
+    http_batch: dict[str, dict] = field(default_factory=dict)      # (f) by client count
+    targets: list[Target] = field(default_factory=list)
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.monotonic() - STARTED:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def percentiles(values: list[float], scale: float = 1000.0) -> dict[str, float]:
+    """p50/p90/p99/mean/max of seconds, in milliseconds (by default)."""
+    import numpy as np
+
+    arr = np.asarray(values, dtype=np.float64) * scale
+    if arr.size == 0:
+        return {}
+    p50, p90, p99 = np.percentile(arr, [50, 90, 99])
+    return {"p50_ms": round(float(p50), 3), "p90_ms": round(float(p90), 3),
+            "p99_ms": round(float(p99), 3), "mean_ms": round(float(arr.mean()), 3),
+            "max_ms": round(float(arr.max()), 3)}
+
+
+def median_timing(timings: list[dict[str, float]]) -> dict[str, float]:
+    """The median of each timing_ms key the server reported."""
+    import numpy as np
+
+    keys = timings[0].keys() if timings else ()
+    return {k: round(float(np.median([t[k] for t in timings])), 3) for k in keys}
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment
+
+
+def machine_info() -> dict[str, Any]:
+    cpu_model = "unknown"
+    with open("/proc/cpuinfo") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with open("/proc/meminfo") as handle:
+        for line in handle:
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    return {"cores": os.cpu_count(), "cpu_model": cpu_model,
+            "ram_gib": round(mem_kib / 1024 / 1024, 1), "kernel": platform.release(),
+            "python": platform.python_version()}
+
+
+def git_commit() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
+                              check=False).stdout.strip()
+
+    commit = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return commit + (" (+ uncommitted changes)" if dirty else "")
+
+
+def background_load() -> dict[str, Any]:
+    """Other CPU-heavy work that would depress the numbers (training runs), and the load average."""
+    busy = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "service train" in cmd or "fulltrain" in cmd:
+            busy.append(cmd.strip()[:120])
+    return {"training_processes": busy, "loadavg_1m": os.getloadavg()[0]}
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    graphs_dir: Path
+    version: int
+    graph_bytes: bytes
+    input_name: str
+    output_name: str
+    input_shape: tuple[int, ...]   # without the batch dimension
+    description: dict[str, Any]
+
+
+def load_graph_info(graphs_dir: Path, version: int | None) -> GraphInfo:
+    from service.models import store
+    from service.models.manifest import GRAPH_FILE, read_manifest
+    from service.models.registry import resolve_version
+
+    version = resolve_version(graphs_dir, MODEL, version)
+    directory = store.version_dir(graphs_dir, MODEL, version)
+    manifest = read_manifest(directory)
+    description = {"model": MODEL, "version": version, "path": str(directory),
+                   "sha256": manifest.sha256, "accuracy": manifest.accuracy,
+                   "created": manifest.created, "tf_version": manifest.tf_version,
+                   "epochs": manifest.training.get("epochs"),
+                   "limit": manifest.training.get("limit")}
+    return GraphInfo(graphs_dir, version, (directory / GRAPH_FILE).read_bytes(),
+                     manifest.input.name, manifest.output_name,
+                     tuple(manifest.input.shape[1:]), description)
+
+
+def mnist_inputs(count: int, input_shape: tuple[int, ...]):
+    """``count`` MNIST test images as the model's float32 input, (count, *input_shape)."""
+    import numpy as np
+
+    from service.models.datasets import load_mnist
+
+    images, _ = load_mnist("test")
+    return (images[:count].astype(np.float32) / 255.0).reshape((count, *input_shape))
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) raw session.run
+
+
+def measure_raw_session(graph: GraphInfo, seconds: float) -> dict[str, dict]:
+    """Images/s of plain ``session.run`` on this thread, one batch size after another."""
+    import tensorflow as tf
+
+    from service.models.graph import import_graph, parse_graph_def
+    from service.models.session_pool import PoolSettings
+
+    defaults = PoolSettings()
+    threads = defaults.threads_per_session()
+    tf_graph = import_graph(parse_graph_def(graph.graph_bytes))
+    config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads,
+                                      inter_op_parallelism_threads=defaults.inter_op_threads)
+    images = mnist_inputs(max(RAW_BATCHES), graph.input_shape)
+    results = {}
+    with tf.compat.v1.Session(graph=tf_graph, config=config) as session:
+        feed_tensor = tf_graph.get_tensor_by_name(graph.input_name)
+        fetch_tensor = tf_graph.get_tensor_by_name(graph.output_name)
+        for batch in RAW_BATCHES:
+            feed = {feed_tensor: images[:batch]}
+            warm_until = time.perf_counter() + min(1.0, seconds / 4)
+            while time.perf_counter() < warm_until:  # warm-up, at least one run
+                session.run(fetch_tensor, feed)
+            durations = []
+            start = time.perf_counter()
+            end = start + seconds
+            now = start
+            while now < end:
+                session.run(fetch_tensor, feed)
+                last, now = now, time.perf_counter()
+                durations.append(now - last)
+            results[str(batch)] = {"batch": batch, "images_per_s": round(len(durations) * batch / (now - start), 1),
+                                   "runs": len(durations), "intra_op_threads": threads,
+                                   "ms_per_run_p50": percentiles(durations)["p50_ms"]}
+            log(f"(a) raw session.run batch {batch:3d}: {results[str(batch)]['images_per_s']:9.1f} images/s "
+                f"({results[str(batch)]['ms_per_run_p50']:.3f} ms per run)")
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) SessionPool with many single-image submitters
+
+
+POOL_CONFIGS = {  # label -> PoolSettings keyword arguments
+    "batching on, timeout 0 ms": {"max_batch_size": 256, "batch_timeout_ms": 0.0},
+    "batching on, timeout 2 ms": {"max_batch_size": 256, "batch_timeout_ms": 2.0},
+    "batching off (max_batch_size 1)": {"max_batch_size": 1},
+}
+
+
+def measure_pool(graph: GraphInfo, label: str, options: dict[str, Any], warmup: float,
+                 seconds: float) -> dict[str, Any]:
+    """``CLIENTS`` threads each loop ``pool.run(one image)``; count completions for ``seconds``."""
+    from service.models.registry import ModelConfig, load_version
+    from service.models.session_pool import PoolSettings
+
+    settings = PoolSettings(**options)
+    model = load_version(graph.graphs_dir, ModelConfig(MODEL, version=graph.version, pool=settings))
+    images = mnist_inputs(CLIENTS, graph.input_shape)
+    counts = [0] * CLIENTS
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def submitter(index: int) -> None:
+        one = images[index:index + 1]
+        try:
+            while not stop.is_set():
+                model.pool.run(one, timeout=30)
+                counts[index] += 1
+        except BaseException as exc:  # reported below; the measurement is then invalid
+            errors.append(exc)
+
+    workers = [threading.Thread(target=submitter, args=(i,), daemon=True) for i in range(CLIENTS)]
+    try:
+        for worker in workers:
+            worker.start()
+        time.sleep(warmup)
+        done0, batches0, t0 = sum(counts), dict(model.pool.stats.batch_sizes), time.perf_counter()
+        time.sleep(seconds)
+        done1, batches1, t1 = sum(counts), dict(model.pool.stats.batch_sizes), time.perf_counter()
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(30)
+        model.close()
+    batches = Counter(batches1) - Counter(batches0)
+    runs = sum(batches.values())
+    rows = sum(size * n for size, n in batches.items())
+    result = {"images_per_s": round((done1 - done0) / (t1 - t0), 1), "settings": asdict(settings),
+              "intra_op_threads": settings.threads_per_session(), "session_runs": runs,
+              "mean_batch_size": round(rows / runs, 2) if runs else 0.0,
+              "max_batch_size_seen": max(batches) if batches else 0,
+              "errors": [repr(e) for e in errors[:3]], "error_count": len(errors)}
+    log(f"(b) pool, {label}: {result['images_per_s']:9.1f} images/s, "
+        f"mean batch {result['mean_batch_size']}" + (f", {len(errors)} ERRORS" if errors else ""))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) preprocessing
+
+
+def measure_preprocess(path: Path, runs: int) -> dict[str, Any]:
+    from service.models.preprocess import PreprocessSpec, preprocess
+
+    data, spec = path.read_bytes(), PreprocessSpec()
+    for _ in range(min(20, runs)):
+        preprocess(data, spec)
+    durations = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        preprocess(data, spec)
+        durations.append(time.perf_counter() - t0)
+    stats = percentiles(durations)
+    result = {"fixture": str(path.relative_to(REPO)), "bytes": len(data), "runs": runs,
+              "median_ms": stats["p50_ms"], "p90_ms": stats["p90_ms"],
+              "min_ms": round(min(durations) * 1000, 3)}
+    log(f"(c) preprocess {path.name}: median {result['median_ms']:.3f} ms over {runs} runs")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# The real server, on a loopback port
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+class BenchServer:
+    """``python -m service serve`` in a subprocess, serving only the CNN from ``graphs_dir``."""
+
+    def __init__(self, graph: GraphInfo, workdir: Path):
+        self.port = free_port()
+        self.config_path = workdir / "bench-service.conf"
+        self.log_path = workdir / "bench-server.log"
+        self.config_path.write_text(
+            f'[global]\nserver.socket_host = "{LOOPBACK}"\n\n'
+            f'[service]\nmodels = ["{MODEL}"]\ngraphs_dir = "{graph.graphs_dir.resolve()}"\n\n'
+            f'[model:{MODEL}]\nversion = {graph.version}\n')
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 180.0) -> "BenchServer":
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+        with open(self.log_path, "wb") as handle:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "service", "serve", "--config", str(self.config_path),
+                 "--port", str(self.port)], cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if self.get("/readyz")[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"server not ready within {timeout} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def connection(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(LOOPBACK, self.port, timeout=60)
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        conn = self.connection()
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+    def batches_run(self) -> int:
+        """session.run calls so far, from /status (to get the server's mean batch size)."""
+        return json.loads(self.get("/status")[1])["models"][MODEL]["batches"]
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU the server process has used."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def post(conn: http.client.HTTPConnection, body: bytes, content_type: str):
+    """POST to the predict route on a kept-alive connection: (status, body, keep-alive?)."""
+    conn.request("POST", PREDICT_PATH, body, {"Content-Type": content_type})
+    response = conn.getresponse()
+    return response.status, response.read(), not response.will_close
+
+
+# ---------------------------------------------------------------------------------------------
+# (d) one client, latency
+
+
+def measure_http_latency(server: BenchServer, body: bytes, requests: int, warmup: int) -> dict[str, Any]:
+    conn = server.connection()
+    for _ in range(warmup):
+        post(conn, body, "image/png")
+    durations, timings, non200, kept_alive = [], [], 0, True
+    for _ in range(requests):
+        t0 = time.perf_counter()
+        status, data, alive = post(conn, body, "image/png")
+        durations.append(time.perf_counter() - t0)
+        kept_alive &= alive
+        if status == 200:
+            timings.append(json.loads(data)["timing_ms"])
+        else:
+            non200 += 1
+    conn.close()
+    result = {"requests": requests, "non200": non200, "keep_alive": kept_alive,
+              **percentiles(durations), "server_timing_ms_median": median_timing(timings)}
+    log(f"(d) 1 client: p50 {result['p50_ms']:.3f} ms, p99 {result['p99_ms']:.3f} ms "
+        f"(server total p50 {result['server_timing_ms_median'].get('total')} ms), {non200} non-200")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# (e) 32 clients, throughput
+
+
+def run_wrk(server: BenchServer, body_file: Path, seconds: float, max_requests: int) -> dict[str, Any]:
+    threads = max(1, min(CLIENTS, os.cpu_count() or 1))
+    env = {**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_CONTENT_TYPE": "image/png",
+           "BENCH_MAX_PER_THREAD": str(math.ceil(max_requests / threads))}
+    command = [shutil.which("wrk"), "-t", str(threads), "-c", str(CLIENTS),
+               "-d", f"{max(1, round(seconds))}s", "--latency", "--timeout", "10s",
+               "-s", str(WRK_SCRIPT), server.url + PREDICT_PATH]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=seconds + 120)
+    line = next((l for l in done.stdout.splitlines() if l.startswith("BENCH_JSON ")), None)
+    if done.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    raw = json.loads(line[len("BENCH_JSON "):])
+    seconds_run = raw["duration_us"] / 1e6
+    errors = sum(raw[k] for k in ("connect_errors", "read_errors", "write_errors", "timeouts"))
+    return {"requests": raw["requests"], "seconds": round(seconds_run, 3),
+            "requests_per_s": round(raw["requests"] / seconds_run, 1),
+            "p50_ms": raw["p50_us"] / 1000, "p90_ms": raw["p90_us"] / 1000,
+            "p99_ms": raw["p99_us"] / 1000, "mean_ms": round(raw["mean_us"] / 1000, 3),
+            "max_ms": raw["max_us"] / 1000, "non200": raw["non200"] + errors,
+            "socket_errors": errors, "wrk_threads": threads, "command": " ".join(command)}
+
+
+def _load_client_process(port: int, body: bytes, content_type: str, threads: int,
+                         start_at: float, stop_at: float, cap: int) -> dict[str, Any]:
+    """One process of the fallback load generator: ``threads`` keep-alive clients."""
+    durations: list[list[float]] = [[] for _ in range(threads)]
+    non200 = [0] * threads
+
+    def client(index: int) -> None:
+        conn = http.client.HTTPConnection(LOOPBACK, port, timeout=60)
+        time.sleep(max(0.0, start_at - time.time()))
+        while time.time() < stop_at and len(durations[index]) < cap:
+            t0 = time.perf_counter()
+            try:
+                status, _, _ = post(conn, body, content_type)
+            except (OSError, http.client.HTTPException):
+                status = 0
+                conn.close()
+                conn = http.client.HTTPConnection(LOOPBACK, port, timeout=60)
+            durations[index].append(time.perf_counter() - t0)
+            non200[index] += status != 200
+        conn.close()
+
+    workers = [threading.Thread(target=client, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return {"durations": [d for per in durations for d in per], "non200": sum(non200),
+            "finished_at": time.time()}
+
+
+def run_python_load(server: BenchServer, body: bytes, seconds: float, max_requests: int,
+                    processes: int = 4) -> dict[str, Any]:
+    """Fallback when wrk is missing: ``processes`` x (CLIENTS / processes) http.client threads."""
+    threads = math.ceil(CLIENTS / processes)
+    cap = math.ceil(max_requests / (threads * processes))
+    start_at = time.time() + 3.0  # time for the spawned processes to start
+    stop_at = start_at + seconds
+    context = multiprocessing.get_context("spawn")  # never fork a process that imported TF
+    with context.Pool(processes) as pool:
+        parts = pool.starmap(_load_client_process,
+                             [(server.port, body, "image/png", threads, start_at, stop_at, cap)] * processes)
+    durations = [d for part in parts for d in part["durations"]]
+    elapsed = max(part["finished_at"] for part in parts) - start_at
+    return {"requests": len(durations), "seconds": round(elapsed, 3),
+            "requests_per_s": round(len(durations) / elapsed, 1), **percentiles(durations),
+            "non200": sum(part["non200"] for part in parts),
+            "processes": processes, "threads_per_process": threads}
+
+
+def measure_http_load(server: BenchServer, plan: Plan, body: bytes, generator: str) -> dict[str, Any]:
+    def run(seconds: float, max_requests: int) -> dict[str, Any]:
+        if generator == "wrk":
+            return run_wrk(server, PNG_FIXTURE, seconds, max_requests)
+        return run_python_load(server, body, seconds, max_requests)
+
+    run(2.0, plan.load_max_requests)  # warm-up: connections, thread pool, caches
+    batches0, cpu0 = server.batches_run(), server.cpu_seconds()
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = run(plan.load_seconds, plan.load_max_requests)
+    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    batches, cpu = server.batches_run() - batches0, server.cpu_seconds() - cpu0
+    generator_cpu = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
+    result.update(generator=generator, clients=CLIENTS,
+                  server_mean_batch_size=round(result["requests"] / batches, 2) if batches else None,
+                  server_cpu_percent=round(100 * cpu / result["seconds"], 1),
+                  generator_cpu_percent=(round(100 * generator_cpu / result["seconds"], 1)
+                                         if generator == "wrk" else None))
+    log(f"(e) {CLIENTS} clients ({generator}): {result['requests_per_s']:.1f} req/s, "
+        f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, {result['non200']} non-200, "
+        f"server CPU {result['server_cpu_percent']}%, mean batch {result['server_mean_batch_size']}")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# (f) JSON batches of 256 base64 PNGs
+
+
+def batch_payload(count: int = JSON_BATCH) -> bytes:
+    """``{"instances": [{"b64": png}, ...]}`` with ``count`` different MNIST test images."""
+    from PIL import Image
+
+    from service.models.datasets import load_mnist
+
+    images, _ = load_mnist("test")
+    instances = []
+    for image in images[:count]:
+        out = io.BytesIO()
+        Image.fromarray(image).save(out, format="PNG")
+        instances.append({"b64": base64.b64encode(out.getvalue()).decode("ascii")})
+    return json.dumps({"instances": instances}).encode()
+
+
+def measure_http_batch(server: BenchServer, payload: bytes, clients: int, seconds: float,
+                       min_requests: int) -> dict[str, Any]:
+    """``clients`` threads each post the payload in a loop for ``seconds`` (and min_requests)."""
+    durations: list[float] = []
+    timings: list[dict[str, float]] = []
+    non200 = [0]
+    lock = threading.Lock()
+
+    def client(deadline: float) -> None:
+        conn = server.connection()
+        done = 0
+        while time.perf_counter() < deadline or done < min_requests:
+            t0 = time.perf_counter()
+            status, data, _ = post(conn, payload, "application/json")
+            elapsed = time.perf_counter() - t0
+            done += 1
+            with lock:
+                durations.append(elapsed)
+                if status == 200:
+                    timings.append(json.loads(data)["timing_ms"])
+                else:
+                    non200[0] += 1
+        conn.close()
+
+    post(server.connection(), payload, "application/json")  # warm-up
+    start = time.perf_counter()
+    workers = [threading.Thread(target=client, args=(start + seconds,)) for _ in range(clients)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - start
+    result = {"clients": clients, "requests": len(durations), "images_per_request": JSON_BATCH,
+              "payload_bytes": len(payload), "seconds": round(elapsed, 3),
+              "images_per_s": round(len(durations) * JSON_BATCH / elapsed, 1),
+              **percentiles(durations), "non200": non200[0],
+              "server_timing_ms_median": median_timing(timings)}
+    log(f"(f) JSON x{JSON_BATCH}, {clients} client(s): {result['images_per_s']:.1f} images/s, "
+        f"p50 {result['p50_ms']:.1f} ms/request; server {result['server_timing_ms_median']}")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets
+
+
+def judge(results: Results) -> list[Target]:
+    targets = []
+
+    def add(key: str, rule: str, measured: float | None, required: float | None, unit: str,
+            at_most: bool = False) -> None:
+        if measured is None or required is None:
+            return
+        met = measured <= required if at_most else measured >= required
+        targets.append(Target(key, rule, round(measured, 3), "<=" if at_most else ">=",
+                              round(required, 3), unit, met))
+
+    ceiling = results.raw_session.get("256", {}).get("images_per_s")
+    off = results.pool.get("batching off (max_batch_size 1)", {}).get("images_per_s")
+    for label in ("batching on, timeout 0 ms", "batching on, timeout 2 ms"):
+        on = results.pool.get(label, {}).get("images_per_s")
+        add("b", f"pool {label} >= 3x batching off", on, off and 3 * off, "images/s")
+        add("b", f"pool {label} >= 50% of raw batch-256 ceiling", on, ceiling and 0.5 * ceiling,
+            "images/s")
+    png = results.preprocess.get("digit7_28.png", {}).get("median_ms")
+    add("c", "preprocess 28x28 PNG median <= 0.2 ms", png, 0.2, "ms", at_most=True)
+    add("d", "1 client p50 latency <= 3 ms", results.http_latency.get("p50_ms"), 3.0, "ms",
+        at_most=True)
+    load = results.http_load
+    add("e", f"{CLIENTS} clients >= 600 requests/s", load.get("requests_per_s"), 600.0, "req/s")
+    if load:
+        add("e", f"{CLIENTS} clients: every response 200", load["non200"], 0, "non-200",
+            at_most=True)
+    one = results.http_batch.get("1", {}).get("images_per_s")
+    add("f", f"JSON x{JSON_BATCH}, 1 client >= 40% of raw batch-256 ceiling", one,
+        ceiling and 0.4 * ceiling, "images/s")
+    return targets
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def table_rows(r: Results) -> list[tuple[str, str, str, str]]:
+    """(section, measurement, value, notes) for every number of the run."""
+    rows = []
+    for batch, m in r.raw_session.items():
+        rows.append(("a", f"raw session.run, batch {batch}", f"{fmt(m['images_per_s'])} images/s",
+                     f"{fmt(m['ms_per_run_p50'], 3)} ms/run p50, {m['runs']} runs, "
+                     f"{m['intra_op_threads']} intra-op threads"))
+    for label, m in r.pool.items():
+        errors = f", {m['error_count']} errors" if m["error_count"] else ""
+        rows.append(("b", f"SessionPool, {CLIENTS} submitters, {label}",
+                     f"{fmt(m['images_per_s'])} images/s",
+                     f"mean batch {m['mean_batch_size']}, max {m['max_batch_size_seen']}, "
+                     f"{m['session_runs']} session runs{errors}"))
+    rows += ratio_rows(r)
+    for name, m in r.preprocess.items():
+        rows.append(("c", f"preprocess {name} ({fmt(m['bytes'])} bytes)",
+                     f"{fmt(m['median_ms'], 3)} ms median",
+                     f"p90 {fmt(m['p90_ms'], 3)} ms, min {fmt(m['min_ms'], 3)} ms, {m['runs']} runs"))
+    if r.http_latency:
+        m = r.http_latency
+        rows.append(("d", "HTTP PNG, 1 keep-alive client: p50", f"{fmt(m['p50_ms'], 3)} ms",
+                     f"{m['requests']} requests, {m['non200']} non-200, keep-alive {m['keep_alive']}"))
+        rows.append(("d", "HTTP PNG, 1 keep-alive client: p99", f"{fmt(m['p99_ms'], 3)} ms",
+                     f"p90 {fmt(m['p90_ms'], 3)}, mean {fmt(m['mean_ms'], 3)}, max {fmt(m['max_ms'], 3)} ms"))
+        rows.append(("d", "  server timing_ms (median)", timing_text(m["server_timing_ms_median"]), ""))
+    if r.http_load:
+        m = r.http_load
+        gen = (f"wrk, {m['wrk_threads']} threads" if m["generator"] == "wrk"
+               else f"python, {m['processes']} processes x {m['threads_per_process']} threads")
+        rows.append(("e", f"HTTP PNG, {CLIENTS} clients: throughput", f"{fmt(m['requests_per_s'])} req/s",
+                     f"{fmt(m['requests'])} requests in {m['seconds']} s ({gen}), "
+                     f"{m['non200']} non-200/errors"))
+        rows.append(("e", f"HTTP PNG, {CLIENTS} clients: p50 / p99",
+                     f"{fmt(m['p50_ms'], 2)} / {fmt(m['p99_ms'], 2)} ms",
+                     f"mean {fmt(m['mean_ms'], 2)} ms, max {fmt(m['max_ms'], 2)} ms"))
+        rows.append(("e", "  server during load", f"{fmt(m['server_cpu_percent'])}% CPU",
+                     f"mean batch size {m['server_mean_batch_size']}; load generator "
+                     f"{fmt(m['generator_cpu_percent'])}% CPU"))
+    for clients, m in r.http_batch.items():
+        rows.append(("f", f"HTTP JSON x{JSON_BATCH} b64 PNG, {clients} client(s)",
+                     f"{fmt(m['images_per_s'])} images/s",
+                     f"{m['requests']} requests, p50 {fmt(m['p50_ms'])} ms, p99 {fmt(m['p99_ms'])} ms "
+                     f"per request, {m['non200']} non-200"))
+        rows.append(("f", "  server timing_ms (median)", timing_text(m["server_timing_ms_median"]), ""))
+    ceiling = r.raw_session.get("256", {}).get("images_per_s")
+    for clients, m in r.http_batch.items():
+        if ceiling:
+            rows.append(("f", f"  ratio, {clients} client(s)",
+                         f"{100 * m['images_per_s'] / ceiling:.1f}% of raw batch 256", ""))
+    return rows
+
+
+def ratio_rows(r: Results) -> list[tuple[str, str, str, str]]:
+    """The within-run ratios the targets are judged on."""
+    rows = []
+    ceiling = r.raw_session.get("256", {}).get("images_per_s")
+    raw32 = r.raw_session.get("32", {}).get("images_per_s")
+    off = r.pool.get("batching off (max_batch_size 1)", {}).get("images_per_s")
+    for label, m in r.pool.items():
+        if label.startswith("batching on"):
+            parts = []
+            if off:
+                parts.append(f"{m['images_per_s'] / off:.2f}x batching off")
+            if ceiling:
+                parts.append(f"{100 * m['images_per_s'] / ceiling:.1f}% of raw batch 256")
+            if raw32:
+                parts.append(f"{100 * m['images_per_s'] / raw32:.1f}% of raw batch 32")
+            rows.append(("b", f"  ratios, {label}", ", ".join(parts), ""))
+    return rows
+
+
+def timing_text(timing: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in timing.items()) or "-"
+
+
+def where_time_goes(r: Results) -> list[str]:
+    """Notes derived from this run's numbers, for the targets that were not met."""
+    notes = []
+    missed = {t.key for t in r.targets if not t.met}
+    ceiling = r.raw_session.get("256", {}).get("images_per_s")
+    raw1 = r.raw_session.get("1", {}).get("images_per_s")
+    if "b" in missed and r.pool:
+        on = r.pool.get("batching on, timeout 0 ms", {})
+        off = r.pool.get("batching off (max_batch_size 1)", {})
+        notes.append(
+            f"(b) With batching on, the pool merged {on.get('mean_batch_size')} images per "
+            f"session.run on average; batching off runs one image per call "
+            f"({fmt(off.get('images_per_s'))} images/s vs {fmt(raw1)} raw at batch 1). "
+            f"With {CLIENTS} single-image submitters no batch can exceed {CLIENTS} images, so the "
+            f"reachable ceiling here is raw batch {CLIENTS} "
+            f"({fmt(r.raw_session.get(str(CLIENTS), {}).get('images_per_s'))} images/s), not batch 256. "
+            "Between two batches every submitter thread must wake on its Future and submit again, "
+            "one at a time under the GIL, while TensorFlow's intra-op threads use every core during "
+            "the run; that per-image Python overhead is not overlapped with inference.")
+    if "d" in missed and r.http_latency:
+        m = r.http_latency
+        total = m["server_timing_ms_median"].get("total", 0.0)
+        notes.append(
+            f"(d) Client p50 {fmt(m['p50_ms'], 3)} ms, of which the handler's own timing (decode + "
+            f"preprocess + queue + inference) is {total:g} ms; the remaining "
+            f"{fmt(m['p50_ms'] - total, 3)} ms is HTTP parsing, CherryPy dispatch, JSON encoding "
+            "and the loopback round trip.")
+    if "e" in missed and r.http_load:
+        m = r.http_load
+        notes.append(
+            f"(e) The server used {fmt(m['server_cpu_percent'])}% CPU (of {100 * (os.cpu_count() or 1)}% "
+            f"on this machine) at {fmt(m['requests_per_s'])} req/s, i.e. "
+            f"{fmt(m['server_cpu_percent'] * 10 / max(m['requests_per_s'], 1), 2)} ms of CPU per request; "
+            f"the load generator used {fmt(m['generator_cpu_percent'])}%. Mean model batch under this "
+            f"load was {m['server_mean_batch_size']}.")
+    if "f" in missed and r.http_batch.get("1"):
+        m = r.http_batch["1"]
+        t = m["server_timing_ms_median"]
+        notes.append(
+            f"(f) One {JSON_BATCH}-image request takes {fmt(m['p50_ms'])} ms at the client; the "
+            f"server reports {timing_text(t)} ms. Raw session.run at batch {JSON_BATCH} needs "
+            f"{fmt(r.raw_session.get('256', {}).get('ms_per_run_p50'), 3)} ms, so the rest is "
+            "per-image decode/preprocess in Python plus JSON and base64 handling.")
+    if ceiling is None:
+        notes.append("The raw ceiling (a) was not measured in this run, so ratio targets were skipped.")
+    return notes
+
+
+def write_markdown(r: Results, path: Path, notes_file: Path) -> None:
+    env = r.environment
+    g = env.get("graph", {})
+    lines = ["# Benchmark results", "",
+             "Written by `bench/run.py` (`make bench`); every number and every verdict below comes "
+             "from the same run on the machine described here. Do not edit by hand.", ""]
+    if env.get("quick"):
+        lines += ["**QUICK SMOKE RUN: durations are too short for these numbers to mean much.**", ""]
+    if env["background"]["training_processes"]:
+        lines += ["**Warning: training was running during this run; numbers are depressed:** "
+                  + "; ".join(f"`{c}`" for c in env["background"]["training_processes"]), ""]
+    m = env["machine"]
+    lines += [
+        "## Run", "",
+        f"- Date (UTC): {env['date_utc']}",
+        f"- Machine: {m['cores']} cores ({m['cpu_model']}), {m['ram_gib']} GiB RAM, "
+        f"Linux {m['kernel']}, Python {m['python']}",
+        f"- Load average (1 min) at start: {env['background']['loadavg_1m']:.2f}",
+        f"- TensorFlow: {env['tf_version']}",
+        f"- Git commit: {env['git_commit']}",
+        f"- Graph: {g.get('model')} version {g.get('version')} "
+        f"(`{g.get('path')}`, sha256 {str(g.get('sha256'))[:12]}, test accuracy "
+        f"{fmt(100 * g['accuracy'] if g.get('accuracy') is not None else None, 2)}%, "
+        f"created {g.get('created')})",
+        f"- Load generator for (e): {r.http_load.get('generator', '-')}",
+        f"- Duration of the benchmark: {env.get('bench_seconds', 0):.0f} s", "",
+        "## Measurements", "",
+        "| | Measurement | Value | Notes |", "|---|---|---|---|"]
+    lines += [f"| {s} | {name} | {value} | {notes} |" for s, name, value, notes in table_rows(r)]
+    lines += ["", "## Targets", "", "| | Target | Measured | Required | Verdict |", "|---|---|---|---|---|"]
+    for t in r.targets:
+        digits = 3 if t.unit == "ms" else (0 if t.unit == "non-200" else 1)
+        lines.append(f"| {t.key} | {t.rule} | {fmt(float(t.measured), digits)} {t.unit} | "
+                     f"{t.op} {fmt(float(t.required), digits)} {t.unit} | "
+                     f"{'met' if t.met else '**NOT met**'} |")
+    met = sum(t.met for t in r.targets)
+    lines += ["", f"{met} of {len(r.targets)} targets met.", ""]
+    notes = where_time_goes(r)
+    if notes:
+        lines += ["## Where the time goes (from this run's numbers)", ""]
+        lines += [f"- {n}" for n in notes] + [""]
+    if notes_file.exists():
+        lines += [notes_file.read_text().rstrip(), ""]
+    path.write_text("\n".join(lines))
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+
+
+SECTIONS = "abcdef"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="short smoke run; results go to a temp dir unless --out is given")
+    parser.add_argument("--graphs-dir", type=Path, default=REPO / "graphs",
+                        help="where digits-cnn/<N>/model.pb lives (default: graphs/)")
+    parser.add_argument("--model-version", type=int, help="default: the newest under --graphs-dir")
+    parser.add_argument("--only", default=SECTIONS, help="run only these sections, e.g. 'ab' or 'def'")
+    parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto",
+                        help="load generator for (e); auto: wrk if installed")
+    parser.add_argument("--out", type=Path, help="directory for RESULTS.md and results.json "
+                        "(default: bench/, or a temp dir with --quick)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    out = args.out or (Path(tempfile.gettempdir()) / "digits-bench-quick" if args.quick else BENCH_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    only = set(args.only)
+    generator = args.generator
+    if generator == "auto":
+        generator = "wrk" if shutil.which("wrk") else "python"
+    if generator == "wrk" and not shutil.which("wrk"):
+        log("wrk is not installed (apt-get install -y wrk); use --generator python")
+        return 2
+
+    results = Results()
+    log(f"{'quick' if args.quick else 'full'} run; sections {''.join(sorted(only))}; graphs {args.graphs_dir}")
+    graph = load_graph_info(args.graphs_dir, args.model_version)
+    import tensorflow as tf
+
+    results.environment = {
+        "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": machine_info(), "tf_version": tf.__version__, "git_commit": git_commit(),
+        "graph": graph.description, "background": background_load(), "quick": args.quick,
+        "plan": asdict(plan)}
+    if results.environment["background"]["training_processes"]:
+        log("WARNING: training is running; numbers will be depressed")
+    log(f"graph {MODEL} v{graph.version}, TF {tf.__version__}, {os.cpu_count()} cores")
+
+    if "a" in only:
+        results.raw_session = measure_raw_session(graph, plan.raw_seconds)
+    if "b" in only:
+        for label, options in POOL_CONFIGS.items():
+            results.pool[label] = measure_pool(graph, label, options, plan.pool_warmup, plan.pool_seconds)
+    if "c" in only:
+        for path, runs in ((PNG_FIXTURE, plan.png_runs), (PHOTO_FIXTURE, plan.photo_runs)):
+            results.preprocess[path.name] = measure_preprocess(path, runs)
+    if only & set("def"):
+        with tempfile.TemporaryDirectory(prefix="digits-bench-") as workdir:
+            server = BenchServer(graph, Path(workdir))
+            log(f"starting the server on {server.url} ...")
+            server.start()
+            try:
+                png = PNG_FIXTURE.read_bytes()
+                if "d" in only:
+                    results.http_latency = measure_http_latency(server, png, plan.latency_requests,
+                                                                plan.http_warmup)
+                if "e" in only:
+                    results.http_load = measure_http_load(server, plan, png, generator)
+                if "f" in only:
+                    payload = batch_payload()
+                    for clients in (1, 2):
+                        results.http_batch[str(clients)] = measure_http_batch(
+                            server, payload, clients, plan.batch_seconds, plan.batch_min_requests)
+            finally:
+                server.stop()
+
+    results.targets = judge(results)
+    results.environment["bench_seconds"] = round(time.monotonic() - STARTED, 1)
+    (out / "results.json").write_text(json.dumps(asdict(results), indent=2) + "\n")
+    write_markdown(results, out / "RESULTS.md", BENCH_DIR / "NOTES.md")
+    for t in results.targets:
+        log(f"target [{t.key}] {t.rule}: {t.measured} vs {t.required} -> {'met' if t.met else 'NOT met'}")
+    log(f"wrote {out / 'RESULTS.md'} and {out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+"""Refuse oversized bodies from their headers, before reading a byte of them."""
+from __future__ import annotations
+
+import cherrypy
+
+
+def reject_oversized_body(limit: int) -> None:
+    """on_start_resource: 413 when Content-Length exceeds ``limit``.
+
+    Chunked bodies are stopped by ``request.body.maxbytes`` (CherryPy counts as it reads);
+    both end in the same JSON error via the app's error page.
+    """
+    length = cherrypy.request.headers.get("Content-Length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        cherrypy.response.headers["Connection"] = "close"  # the unread body must not be parsed
+        cherrypy.request.process_request_body = False
+        raise cherrypy.HTTPError(413, f"The request body is larger than {limit} bytes.")
+
+
+cherrypy.tools.body_limit = cherrypy.Tool("on_start_resource", reject_oversized_body)

@@ -1,0 +1,120 @@
+"""Running the service: daemon mode, graceful stop with requests in flight, degraded start-up."""
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import requests
+from PIL import Image
+
+from service.models import datasets
+from support import FIXTURES, REPO, ServerProcess, free_port
+
+PNG7 = (FIXTURES / "digit7_28.png").read_bytes()
+ONLY_CNN = '[service]\nmodels = ["digits-cnn"]\n'
+
+
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def answers(url: str) -> bool:
+    try:
+        return requests.get(url + "/readyz", timeout=1).status_code == 200
+    except requests.ConnectionError:
+        return False
+
+
+def test_daemon_round_trip(tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    pidfile = tmp_path / "service.pid"
+    (tmp_path / "service.conf").write_text(
+        ONLY_CNN + f'[global]\nlog.error_file = "{tmp_path / "error.log"}"\n')
+    launcher = subprocess.run(
+        [sys.executable, "-m", "service", "serve", "--config", str(tmp_path / "service.conf"),
+         "--port", str(port), "--daemon", "--pidfile", str(pidfile)],
+        cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert launcher.returncode == 0, launcher.stderr  # the launcher returns once detached
+    try:
+        assert wait_for(lambda: answers(url), 90), (tmp_path / "error.log").read_text()
+        pid = int(pidfile.read_text())
+        assert os.getsid(pid) != os.getsid(0)  # detached into its own session
+        r = requests.post(url + "/v1/models/digits-cnn/predict", data=PNG7,
+                          headers={"Content-Type": "image/png"})
+        assert r.status_code == 200 and r.json()["predictions"][0]["class"] == 7
+    finally:
+        if pidfile.exists():
+            os.kill(int(pidfile.read_text()), signal.SIGTERM)
+    assert wait_for(lambda: not pidfile.exists(), 30)
+    assert not answers(url)
+    assert "loaded in" in (tmp_path / "error.log").read_text()
+
+
+def batch_body(count: int = 256) -> dict:
+    images, _ = datasets.load_mnist("test")
+    instances = []
+    for image in images[:count]:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        instances.append({"b64": base64.b64encode(buffer.getvalue()).decode()})
+    return {"instances": instances}
+
+
+def test_sigterm_finishes_requests_in_flight(tmp_path):
+    server = ServerProcess(tmp_path, ONLY_CNN).start()
+    body = batch_body()
+    statuses: list[int] = []
+    started = threading.Barrier(9)
+
+    def client() -> None:
+        session = requests.Session()
+        session.get(server.url + "/healthz")  # connection open before the signal
+        started.wait()
+        r = session.post(server.url + "/v1/models/digits-cnn/predict", json=body, timeout=60)
+        statuses.append(r.status_code if len(r.json()["predictions"]) == 256 else -1)
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    started.wait()
+    time.sleep(0.15)  # requests are being read and run
+    server.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(60)
+    code = server.proc.wait(30)
+    assert statuses == [200] * 8, server.log()
+    assert code == 0
+    log = server.log()
+    assert "loaded in" in log and "stopping model pools" in log
+
+
+def test_a_failed_model_degrades_but_others_serve(tmp_path):
+    config = '[service]\nmodels = ["digits-cnn", "digits-lost"]\n'
+    server = ServerProcess(tmp_path, config).start(wait_ready=False)
+    try:
+        r = requests.get(server.url + "/readyz")
+        assert r.status_code == 503 and r.headers["Retry-After"]
+        assert r.json()["error"]["code"] == "not_ready"
+        status = requests.get(server.url + "/status").json()
+        assert status["status"] == "degraded"
+        assert status["models"]["digits-lost"]["state"] == "FAILED"
+        assert "no versions" in status["models"]["digits-lost"]["error"]
+        lost = requests.post(server.url + "/v1/models/digits-lost/predict", data=PNG7,
+                             headers={"Content-Type": "image/png"})
+        assert lost.status_code == 503 and lost.headers["Retry-After"]
+        ok = requests.post(server.url + "/v1/predict", data=PNG7, headers={"Content-Type": "image/png"})
+        assert set(ok.json()["results"]) == {"digits-cnn"}
+    finally:
+        server.stop()
