@@ -599,7 +599,9 @@ def measure_http_batch(server: BenchServer, payload: bytes, clients: int, second
                     non200[0] += 1
         conn.close()
 
-    post(server.connection(), payload, "application/json")  # warm-up
+    warm = server.connection()
+    post(warm, payload, "application/json")  # warm-up
+    warm.close()
     start = time.perf_counter()
     workers = [threading.Thread(target=client, args=(start + seconds,)) for _ in range(clients)]
     for worker in workers:

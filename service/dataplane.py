@@ -55,6 +55,7 @@ class DataPlane:
         self.max_pixels = max_pixels
         self.max_batch_size = max_batch_size
         self.timeout_s = timeout_s
+        preprocess.warm_up()
 
     def predict(self, model_names: list[str] | None, instances: list[Instance],
                 top_k: int | None = None) -> dict[str, ModelResult]:

@@ -486,3 +486,14 @@ def to_png(array: np.ndarray, scale: int = 8) -> bytes:
     out = io.BytesIO()
     img.save(out, format="PNG")
     return out.getvalue()
+
+
+def warm_up() -> None:
+    """Load Pillow's codecs and run each path once, so the first request does not pay for it."""
+    Image.init()
+    digit = np.zeros((40, 40), np.uint8)
+    digit[8:32, 18:22] = 255
+    for fmt in ("PNG", "JPEG"):
+        buffer = io.BytesIO()
+        Image.fromarray(digit).resize((120, 120)).save(buffer, format=fmt)
+        preprocess(buffer.getvalue())

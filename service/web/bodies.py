@@ -69,7 +69,7 @@ def _raw_body(params: dict[str, Any], limits: BodyLimits) -> PredictBody:
     data = read_body(limits.max_body_bytes)
     if not data:
         raise InvalidInput("The request body is empty; send the image bytes.", "missing_image")
-    return PredictBody([_instance(data, params)], parse_top_k(params.get("top_k")))
+    return PredictBody([instance_from_options(data, params)], parse_top_k(params.get("top_k")))
 
 
 def _multipart_body(params: dict[str, Any], limits: BodyLimits) -> PredictBody:
@@ -79,7 +79,7 @@ def _multipart_body(params: dict[str, Any], limits: BodyLimits) -> PredictBody:
     data = part.file.read()
     if not data:
         raise InvalidInput("The uploaded file 'image' is empty.", "missing_image")
-    return PredictBody([_instance(data, params)], parse_top_k(params.get("top_k")))
+    return PredictBody([instance_from_options(data, params)], parse_top_k(params.get("top_k")))
 
 
 def _json_body(params: dict[str, Any], limits: BodyLimits) -> PredictBody:
@@ -96,7 +96,7 @@ def body_from_json(payload: Any, params: dict[str, Any], limits: BodyLimits) -> 
             raise InvalidInput("'instances' must be a non-empty list.", "missing_image")
     elif "image" in payload:
         top_k = parse_top_k(payload.get("top_k", params.get("top_k")))
-        return PredictBody([_instance(decode_base64(payload["image"]), payload)], top_k)
+        return PredictBody([instance_from_options(decode_base64(payload["image"]), payload)], top_k)
     else:
         raise InvalidInput("The JSON body needs 'instances' (a list) or 'image' (base64).",
                            "missing_image")
@@ -129,10 +129,11 @@ def _json_instance(item: Any, index: int, limits: BodyLimits) -> Instance:
         data = read_image_path(limits.images_root, item["path"], limits.max_body_bytes)
     else:
         raise InvalidInput(f"{where} needs 'b64' (base64 image) or 'path'.", "missing_image")
-    return _instance(data, item, where + ".")
+    return instance_from_options(data, item, where + ".")
 
 
-def _instance(data: bytes, options: dict[str, Any], where: str = "") -> Instance:
+def instance_from_options(data: bytes, options: dict[str, Any], where: str = "") -> Instance:
+    """An instance with its ``x``, ``y``, ``crop`` options checked (``where`` prefixes names)."""
     x = parse_number(options.get("x"), where + "x")
     y = parse_number(options.get("y"), where + "y")
     crop = parse_number(options.get("crop"), where + "crop")

@@ -7,6 +7,8 @@ import logging
 from typing import Any, Callable
 
 import cherrypy
+import cherrypy._cperror
+
 
 from ..errors import ServiceError
 
@@ -24,6 +26,11 @@ MESSAGES = {
     413: "The request body is larger than the server accepts.",
     500: "The server hit an unexpected error; it has been logged.",
 }
+
+
+# CherryPy pads short error pages with spaces for old Internet Explorer; that would leave
+# trailing junk after our JSON error bodies.
+cherrypy._cperror._be_ie_unfriendly = lambda status: None
 
 
 def json_bytes(payload: Any, status: int = 200) -> bytes:

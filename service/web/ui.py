@@ -20,7 +20,7 @@ from ..dataplane import Instance, ModelResult
 from ..errors import InvalidInput, ServiceError
 from ..models import preprocess
 from ..models.registry import ModelState
-from .bodies import _instance
+from .bodies import instance_from_options
 from .responses import HTTP_CODES, require_method
 
 log = logging.getLogger("service.web")
@@ -32,6 +32,18 @@ TEMPLATES = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+
+
+def percent(probability: float) -> str:
+    """0.9912 -> "99.1%"; never rounds a near-certainty to 100% or a small chance to 0%."""
+    if 0 < probability < 0.0005:
+        return "<0.1%"
+    if 0.9995 <= probability < 1:
+        return ">99.9%"
+    return f"{probability * 100:.1f}%"
+
+
+TEMPLATES.filters["percent"] = percent
 
 FRAGMENT_HEADER = "X-Requested-With"
 FRAGMENT_VALUE = "fetch"
@@ -63,7 +75,7 @@ def _upload_instance(image: Any, x: Any, y: Any) -> Instance:
         raise InvalidInput("The chosen file is empty (0 bytes); choose another image.",
                            "missing_image")
     # The API's own rules for x and y (numbers; both or neither).
-    return _instance(data, {"x": x, "y": y})
+    return instance_from_options(data, {"x": x, "y": y})
 
 
 def _form_values(model: Any, x: Any, y: Any) -> dict[str, str]:
