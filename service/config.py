@@ -103,8 +103,6 @@ def _model_config(name: str, values: dict[str, Any], where: str) -> ModelConfig:
     values = dict(values)
     pool_keys = {f.name for f in dataclasses.fields(PoolSettings)}
     pool_values = {k: values.pop(k) for k in list(values) if k in pool_keys}
-    if "pool_size" in values:
-        pool_values["size"] = values.pop("pool_size")
     pool = _build(PoolSettings, pool_values, where)
     return _build(ModelConfig, {**values, "name": name, "pool": pool}, where)
 

@@ -35,7 +35,7 @@ pool_size = 2
 batch_timeout_ms = 1
 """))
     (model,) = settings.models
-    assert model.version == 3 and model.pool.size == 2 and model.pool.batch_timeout_ms == 1.0
+    assert model.version == 3 and model.pool.pool_size == 2 and model.pool.batch_timeout_ms == 1.0
     assert settings.service.images_root == Path("/srv/images")
 
 
@@ -44,7 +44,7 @@ batch_timeout_ms = 1
     ("[service]\nmax_pixels = -1\n", "max_pixels"),
     ("[service]\nbogus = 1\n", "bogus"),
     ("[service]\ndefault_model = \"nope\"\n", "default_model"),
-    ("[model:digits-cnn]\npool_size = 0\n", "size"),
+    ("[model:digits-cnn]\npool_size = 0\n", "pool_size"),
     ("[model:digits-cnn]\nmax_batch_size = 1.5\n", "max_batch_size"),
     ("[service]\nmax_batch_size = unquoted words\n", "max_batch_size"),
     ("[weird]\nx = 1\n", "weird"),

@@ -22,24 +22,24 @@ from ..errors import DeadlineExceeded, Overloaded, Unavailable
 
 @dataclass(frozen=True)
 class PoolSettings:
-    size: int = 1                   # sessions, one worker thread each
+    pool_size: int = 1              # sessions, one worker thread each
     max_batch_size: int = 256       # rows per session.run
     # How long a worker waits for more work to fill a batch. 0: run at once with whatever
     # queued while the previous batch ran -- under load batches still grow, idle latency stays low.
     batch_timeout_ms: float = 0.0
     queue_size: int = 1024          # pending submissions before Overloaded
-    intra_op_threads: int = 0       # 0: cores // size, so sessions x threads <= cores
+    intra_op_threads: int = 0       # 0: cores // pool_size, so sessions x threads <= cores
     inter_op_threads: int = 1
 
     def __post_init__(self) -> None:
-        for key in ("size", "max_batch_size", "queue_size"):
+        for key in ("pool_size", "max_batch_size", "queue_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.batch_timeout_ms < 0:
             raise ValueError(f"batch_timeout_ms must be >= 0, got {self.batch_timeout_ms}")
 
     def threads_per_session(self) -> int:
-        return self.intra_op_threads or max(1, (os.cpu_count() or 1) // self.size)
+        return self.intra_op_threads or max(1, (os.cpu_count() or 1) // self.pool_size)
 
 
 @dataclass
@@ -85,7 +85,7 @@ class SessionPool:
         self._output = output_name
         self._queue: queue.Queue = queue.Queue(maxsize=settings.queue_size)
         self._workers: list[threading.Thread] = []
-        self._ready = threading.Barrier(settings.size + 1)
+        self._ready = threading.Barrier(settings.pool_size + 1)
         self._start_errors: list[BaseException] = []
         self._accepting = False
         self._lock = threading.Lock()
@@ -94,7 +94,7 @@ class SessionPool:
     # -- lifecycle ------------------------------------------------------------------------
     def start(self, timeout: float = 120.0) -> "SessionPool":
         """Start the workers; returns once every session exists (raises if one failed)."""
-        for index in range(self.settings.size):
+        for index in range(self.settings.pool_size):
             worker = threading.Thread(target=self._work, name=f"{self.name}-session-{index}",
                                       daemon=True)
             worker.start()

@@ -49,7 +49,7 @@ def model_details(status: ModelStatus) -> dict[str, Any]:
             preprocess=m.preprocess.to_dict(), per_class_accuracy=m.per_class_accuracy,
             sha256=m.sha256, tf_version=m.tf_version, training=m.training,
             load_seconds=round(model.load_seconds, 3), layers=model.layers,
-            pool={"size": model.pool.settings.size,
+            pool={"pool_size": model.pool.settings.pool_size,
                   "max_batch_size": model.pool.settings.max_batch_size,
                   "batch_timeout_ms": model.pool.settings.batch_timeout_ms,
                   "queue_size": model.pool.settings.queue_size})

@@ -137,9 +137,9 @@ def test_bad_input_fails_the_submission_not_the_worker(cnn, digits):
 
 
 def test_settings_validate_and_split_cores():
-    with pytest.raises(ValueError, match="size"):
-        PoolSettings(size=0)
+    with pytest.raises(ValueError, match="pool_size"):
+        PoolSettings(pool_size=0)
     with pytest.raises(ValueError, match="batch_timeout_ms"):
         PoolSettings(batch_timeout_ms=-1)
-    assert PoolSettings(size=1, intra_op_threads=3).threads_per_session() == 3
-    assert PoolSettings(size=64).threads_per_session() == 1
+    assert PoolSettings(pool_size=1, intra_op_threads=3).threads_per_session() == 3
+    assert PoolSettings(pool_size=64).threads_per_session() == 1
