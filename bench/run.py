@@ -55,6 +55,7 @@ LOOPBACK = "127.0.0.1"  # the only address this benchmark ever talks to
 CLIENTS = 32
 RAW_BATCHES = (1, 32, 256)
 JSON_BATCH = 256
+BUSY_CPU_PERCENT = 15.0  # CPU use by others at start above which RESULTS.md warns
 STARTED = time.monotonic()
 
 
@@ -164,8 +165,24 @@ def git_commit() -> str:
     return commit + (" (+ uncommitted changes)" if dirty else "")
 
 
+BUSY_MARKERS = ("service train", "fulltrain", "pytest")
+
+
+def cpu_busy_percent(seconds: float = 1.0) -> float:
+    """How busy all cores were over ``seconds`` (from /proc/stat), before we start any work."""
+    def sample() -> tuple[int, int]:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = values[3] + values[4]  # idle + iowait
+        return sum(values) - idle, sum(values)
+
+    busy0, total0 = sample()
+    time.sleep(seconds)
+    busy1, total1 = sample()
+    return round(100 * (busy1 - busy0) / max(1, total1 - total0), 1)
+
+
 def background_load() -> dict[str, Any]:
-    """Other CPU-heavy work that would depress the numbers (training runs), and the load average."""
+    """Other work that would depress the numbers: training runs, test suites, busy cores."""
     busy = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
@@ -174,9 +191,10 @@ def background_load() -> dict[str, Any]:
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "service train" in cmd or "fulltrain" in cmd:
+        if any(marker in cmd for marker in BUSY_MARKERS):
             busy.append(cmd.strip()[:120])
-    return {"training_processes": busy, "loadavg_1m": os.getloadavg()[0]}
+    return {"busy_processes": busy, "cpu_busy_percent_before": cpu_busy_percent(),
+            "loadavg_1m": round(os.getloadavg()[0], 2)}
 
 
 @dataclass(frozen=True)
@@ -801,16 +819,20 @@ def write_markdown(r: Results, path: Path, notes_file: Path) -> None:
              "from the same run on the machine described here. Do not edit by hand.", ""]
     if env.get("quick"):
         lines += ["**QUICK SMOKE RUN: durations are too short for these numbers to mean much.**", ""]
-    if env["background"]["training_processes"]:
-        lines += ["**Warning: training was running during this run; numbers are depressed:** "
-                  + "; ".join(f"`{c}`" for c in env["background"]["training_processes"]), ""]
+    background = env["background"]
+    if background["busy_processes"] or background["cpu_busy_percent_before"] > BUSY_CPU_PERCENT:
+        lines += [f"**Warning: the machine was not idle when this run started "
+                  f"({background['cpu_busy_percent_before']}% CPU busy); numbers are depressed.** "
+                  + "; ".join(f"`{c}`" for c in background["busy_processes"]), ""]
     m = env["machine"]
     lines += [
         "## Run", "",
         f"- Date (UTC): {env['date_utc']}",
         f"- Machine: {m['cores']} cores ({m['cpu_model']}), {m['ram_gib']} GiB RAM, "
         f"Linux {m['kernel']}, Python {m['python']}",
-        f"- Load average (1 min) at start: {env['background']['loadavg_1m']:.2f}",
+        f"- At start: {background['cpu_busy_percent_before']}% CPU busy (1 s sample), load "
+        f"average {background['loadavg_1m']:.2f}; busy processes: "
+        f"{', '.join(background['busy_processes']) or 'none'}",
         f"- TensorFlow: {env['tf_version']}",
         f"- Git commit: {env['git_commit']}",
         f"- Graph: {g.get('model')} version {g.get('version')} "
@@ -884,8 +906,10 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(), "tf_version": tf.__version__, "git_commit": git_commit(),
         "graph": graph.description, "background": background_load(), "quick": args.quick,
         "plan": asdict(plan)}
-    if results.environment["background"]["training_processes"]:
-        log("WARNING: training is running; numbers will be depressed")
+    background = results.environment["background"]
+    if background["busy_processes"] or background["cpu_busy_percent_before"] > BUSY_CPU_PERCENT:
+        log(f"WARNING: the machine is busy ({background['cpu_busy_percent_before']}% CPU; "
+            f"{background['busy_processes']}); numbers will be depressed")
     log(f"graph {MODEL} v{graph.version}, TF {tf.__version__}, {os.cpu_count()} cores")
 
     if "a" in only:

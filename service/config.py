@@ -32,7 +32,50 @@ class ServiceSettings:
     max_pixels: int = 25_000_000
     max_batch_size: int = 256            # instances per request
     request_timeout_s: float = 10.0
-    log_format: str = "text"             # "text" or "json"
+    admin_token: str | None = None       # required by admin routes (model reload); None: off
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """How to reach an S3-compatible service; credentials default to the AWS_* variables."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """Where model versions come from: ``graphs_dir``, or ``s3://bucket/prefix``."""
+
+    kind: str = "local"                  # "local" or "s3"
+    bucket: str | None = None
+    prefix: str = ""
+    cache_dir: Path = REPO_ROOT / "var" / "model-cache"
+    poll_interval_s: float = 30.0        # look for new versions this often; 0: never
+
+
+@dataclass(frozen=True)
+class InputLogSettings:
+    """Every predicted image and its record, for the next training run."""
+
+    enabled: bool = True
+    dir: Path = REPO_ROOT / "var" / "inputlog"    # SQLite database (and images, when local)
+    backend: str = "local"               # where images go: "local" or "s3"
+    bucket: str | None = None
+    prefix: str = "inputlog/"
+    metadata_only: bool = False          # keep records, not image bytes
+    max_disk_bytes: int = 1024 ** 3      # oldest images pruned beyond this
+    queue_size: int = 10000              # pending writes before a drop (counted, logged)
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    format: str = "text"                 # "text" or "json" (one object per line)
+    file: Path | None = None             # None: stderr
+    max_bytes: int = 10 * 1024 * 1024    # rotate the file beyond this
+    backup_count: int = 5
 
 
 @dataclass(frozen=True)
@@ -41,6 +84,10 @@ class Settings:
     models: list[ModelConfig]
     cherrypy: dict[str, Any] = field(default_factory=dict)
     source: Path | None = None
+    s3: S3Settings = field(default_factory=S3Settings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    inputlog: InputLogSettings = field(default_factory=InputLogSettings)
+    logging: LogSettings = field(default_factory=LogSettings)
 
 
 CHERRYPY_DEFAULTS: dict[str, Any] = {
@@ -78,14 +125,36 @@ def load_settings(path: Path | None) -> Settings:
     model_sections = {n[len(MODEL_PREFIX):]: v for n, v in raw.items() if n.startswith(MODEL_PREFIX)}
     names = raw.get("service", {}).get("models") or list(model_sections) or list(DEFAULT_MODELS)
     models = [_model_config(n, model_sections.get(n, {}), f"{where} [model:{n}]") for n in names]
-    unknown = set(raw) - {"global", "service"} - {MODEL_PREFIX + n for n in model_sections}
+    sections = {name: _build(cls, raw.get(name, {}), f"{where} [{name}]")
+                for name, cls in SECTIONS.items()}
+    _check_choices(sections, where)
+    unknown = set(raw) - {"global", "service", *SECTIONS} - {MODEL_PREFIX + n for n in model_sections}
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}; expected [global], "
-                          f"[service] and [model:<name>]")
+                          f"[service], [{'], ['.join(SECTIONS)}] and [model:<name>]")
     if service.default_model not in names:
         raise ConfigError(f"{where} [service] default_model: {service.default_model!r} is not "
                           f"one of the served models {names}")
-    return Settings(service, models, {**CHERRYPY_DEFAULTS, **raw.get("global", {})}, path)
+    return Settings(service, models, {**CHERRYPY_DEFAULTS, **raw.get("global", {})}, path,
+                    **sections)
+
+
+SECTIONS = {"s3": S3Settings, "store": StoreSettings, "inputlog": InputLogSettings,
+            "logging": LogSettings}
+CHOICES = {("store", "kind"): ("local", "s3"), ("inputlog", "backend"): ("local", "s3"),
+           ("logging", "format"): ("text", "json")}
+
+
+def _check_choices(sections: dict[str, Any], where: str) -> None:
+    for (section, key), allowed in CHOICES.items():
+        value = getattr(sections[section], key)
+        if value not in allowed:
+            raise ConfigError(f"{where} [{section}] {key}: {value!r} is not one of {allowed}")
+    for section in ("store", "inputlog"):
+        settings = sections[section]
+        uses_s3 = getattr(settings, "kind", None) == "s3" or getattr(settings, "backend", None) == "s3"
+        if uses_s3 and not settings.bucket:
+            raise ConfigError(f"{where} [{section}] bucket: required when using S3")
 
 
 def _literal_section(parser: configparser.ConfigParser, name: str, where: str) -> dict[str, Any]:

@@ -5,9 +5,11 @@ numpy batches to the model registry's session pools and shapes what comes back.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -44,24 +46,53 @@ class ModelResult:
     timing_ms: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RequestContext:
+    """Who asked, and through which route: what the input log records beside each prediction."""
+
+    request_id: str = field(default_factory=lambda: new_request_id())
+    route: str = ""
+    client: str = ""
+    api_key_id: str | None = None
+
+
+class PredictionSink(Protocol):
+    """Receives every successful prediction (e.g. the input log). Must not block."""
+
+    def record(self, context: RequestContext, instances: list[Instance],
+               results: dict[str, "ModelResult"]) -> None: ...
+
+
+class PredictionObserver(Protocol):
+    """Receives per-model timings (e.g. metrics). Must be cheap."""
+
+    def observed(self, result: "ModelResult", batch_size: int) -> None: ...
+
+
 def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
 class DataPlane:
     def __init__(self, registry: ModelRegistry, *, max_pixels: int = 25_000_000,
-                 max_batch_size: int = 256, timeout_s: float = 10.0):
+                 max_batch_size: int = 256, timeout_s: float = 10.0,
+                 sinks: list[PredictionSink] | None = None,
+                 observers: list[PredictionObserver] | None = None):
         self.registry = registry
+        self.sinks = list(sinks or [])
+        self.observers = list(observers or [])
         self.max_pixels = max_pixels
         self.max_batch_size = max_batch_size
         self.timeout_s = timeout_s
         preprocess.warm_up()
 
     def predict(self, model_names: list[str] | None, instances: list[Instance],
-                top_k: int | None = None) -> dict[str, ModelResult]:
+                top_k: int | None = None,
+                context: RequestContext | None = None) -> dict[str, ModelResult]:
         """Run each named model (default: every available one) on the same instances.
 
         All models' batches are queued before waiting on any, so the models run concurrently.
+        Each model is leased for the whole call, so a version swap never closes it under us.
         """
         started = time.monotonic()
         self._check_batch(instances)
@@ -69,6 +100,19 @@ class DataPlane:
                   else self.registry.available())
         if not models:
             self.registry.get(self.registry.names()[0])  # raises the reason nothing is served
+        with contextlib.ExitStack() as leases:
+            for model in models:
+                leases.enter_context(model.lease())
+            results = self._run(models, instances, top_k, started)
+        for observer in self.observers:
+            for result in results.values():
+                observer.observed(result, len(instances))
+        for sink in self.sinks:
+            sink.record(context or RequestContext(), instances, results)
+        return results
+
+    def _run(self, models: list[ServedModel], instances: list[Instance], top_k: int | None,
+             started: float) -> dict[str, ModelResult]:
         deadline = started + self.timeout_s
         pending = []
         for model in models:

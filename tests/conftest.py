@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from support import FIXTURES, ServerProcess
+from support import FIXTURES, S3Server, ServerProcess
 
 
 @pytest.fixture
@@ -32,3 +32,11 @@ def server(tmp_path_factory, images_root) -> str:
     proc = ServerProcess(tmp, f'[service]\nimages_root = "{images_root}"\n').start()
     yield proc.url
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible endpoint (moto_server) for the session; create your own buckets."""
+    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log").start()
+    yield server
+    server.stop()

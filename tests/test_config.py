@@ -57,3 +57,32 @@ def test_bad_values_name_their_key(tmp_path, text, key):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read config"):
         load_settings(tmp_path / "nope.conf")
+
+
+def test_operations_sections(tmp_path):
+    settings = load_settings(write(tmp_path, """
+[s3]
+endpoint_url = "http://127.0.0.1:9000"
+[store]
+kind = "s3"
+bucket = "models"
+poll_interval_s = 5
+[inputlog]
+metadata_only = True
+[logging]
+format = "json"
+"""))
+    assert settings.s3.endpoint_url == "http://127.0.0.1:9000"
+    assert settings.store.kind == "s3" and settings.store.poll_interval_s == 5.0
+    assert settings.inputlog.metadata_only and settings.logging.format == "json"
+
+
+@pytest.mark.parametrize("text, key", [
+    ("[store]\nkind = \"ftp\"\n", "kind"),
+    ("[store]\nkind = \"s3\"\n", "bucket"),
+    ("[inputlog]\nenabled = 1\n", "enabled"),
+    ("[logging]\nformat = \"xml\"\n", "format"),
+])
+def test_operations_sections_name_bad_keys(tmp_path, text, key):
+    with pytest.raises(ConfigError, match=key):
+        load_settings(write(tmp_path, text))

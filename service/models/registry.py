@@ -1,6 +1,7 @@
 """The served models by name: load each version once, verify it, gate it, warm it, serve it."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -47,6 +48,27 @@ class ServedModel:
         self.pool = pool
         self.load_seconds = load_seconds
         self.input_shape = tuple(manifest.input.shape[1:])
+        self._leases = 0
+        self._idle = threading.Condition()
+
+    @contextlib.contextmanager
+    def lease(self):
+        """Hold the model open while a request uses it; ``retire`` waits for every lease."""
+        with self._idle:
+            self._leases += 1
+        try:
+            yield self
+        finally:
+            with self._idle:
+                self._leases -= 1
+                if not self._leases:
+                    self._idle.notify_all()
+
+    def retire(self, timeout: float = 60.0) -> None:
+        """Close once no request holds a lease (a swapped-out version drains, then stops)."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._leases == 0, timeout)
+        self.close()
 
     @property
     def name(self) -> str:

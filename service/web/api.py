@@ -5,7 +5,7 @@ from typing import Any
 
 import cherrypy
 
-from ..dataplane import DataPlane, ModelResult, new_request_id
+from ..dataplane import DataPlane, ModelResult, RequestContext
 from ..errors import InvalidInput, NotFound, Unavailable
 from ..models.registry import ModelState, ModelStatus, ServedModel
 from .bodies import BodyLimits, PredictBody, parse_predict_body
@@ -73,14 +73,23 @@ class Predictor:
         return parse_predict_body(params, self.limits)
 
     def one(self, name: str, body: PredictBody) -> dict[str, Any]:
-        result = self.plane.predict([name], body.instances, body.top_k)[name]
-        return prediction_json(result, new_request_id())
+        context = request_context()
+        result = self.plane.predict([name], body.instances, body.top_k, context)[name]
+        return prediction_json(result, context.request_id)
 
     def many(self, names: list[str] | None, body: PredictBody) -> dict[str, Any]:
-        request_id = new_request_id()
-        results = self.plane.predict(names, body.instances, body.top_k)
-        return {"request_id": request_id,
-                "results": {n: prediction_json(r, request_id) for n, r in results.items()}}
+        context = request_context()
+        results = self.plane.predict(names, body.instances, body.top_k, context)
+        return {"request_id": context.request_id,
+                "results": {n: prediction_json(r, context.request_id) for n, r in results.items()}}
+
+
+def request_context() -> RequestContext:
+    """The current HTTP request as the data plane sees it; the id is echoed in X-Request-ID."""
+    request = cherrypy.request
+    context = RequestContext(route=request.path_info, client=request.remote.ip or "")
+    cherrypy.response.headers["X-Request-ID"] = context.request_id
+    return context
 
 
 class ModelsResource:

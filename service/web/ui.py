@@ -20,6 +20,7 @@ from ..dataplane import Instance, ModelResult
 from ..errors import InvalidInput, ServiceError
 from ..models import preprocess
 from ..models.registry import ModelState
+from .api import request_context
 from .bodies import instance_from_options
 from .responses import HTTP_CODES, require_method
 
@@ -215,12 +216,14 @@ class UiRoutes:
                 raise InvalidInput("Choose one model, or all models.", "bad_parameter")
             names = None if model in ("", "all") else [model]
             # top_k=None: the plane's default, the top 5 (or every label, for fewer than 5).
-            results = self.plane.predict(names, [instance], top_k=None)
+            context = request_context()
+            results = self.plane.predict(names, [instance], top_k=None, context=context)
         except ServiceError as exc:
             return _error_response(self, exc.status, exc.code, exc.message, exc.headers, form)
         views = [_result_view(r) for r in results.values()]
         return _respond(self, "result.html", results=views, form=form,
-                        filename=getattr(image, "filename", None) or "")
+                        filename=getattr(image, "filename", None) or "",
+                        request_id=context.request_id)
 
     # CherryPy's own errors on this route (413 body too large, 405, a malformed multipart
     # body) are shown as HTML too: a handler's config is merged after the app's "/" config.
