@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -60,6 +61,21 @@ class _Submission:
 
 
 _STOP = object()
+
+
+@dataclass(frozen=True)
+class _Session:
+    """A worker's session with its input and output tensors; used by that worker alone."""
+
+    session: Any
+    input: Any
+    output: Any
+
+    def run(self, inputs: np.ndarray) -> np.ndarray:
+        return self.session.run(self.output, {self.input: inputs})
+
+    def close(self) -> None:
+        self.session.close()
 
 
 @dataclass
@@ -166,7 +182,7 @@ class SessionPool:
         finally:
             session.close()
 
-    def _open_session(self):
+    def _open_session(self) -> _Session:
         import tensorflow as tf  # first imported here, after any daemon fork
 
         from .graph import import_graph, parse_graph_def
@@ -175,11 +191,10 @@ class SessionPool:
         threads = self.settings.threads_per_session()
         config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads,
                                           inter_op_parallelism_threads=self.settings.inter_op_threads)
-        session = tf.compat.v1.Session(graph=graph, config=config)
-        # Resolve tensors once; fetching by Tensor avoids a name lookup per run.
-        session._digits_io = (graph.get_tensor_by_name(self._input),
-                              graph.get_tensor_by_name(self._output))
-        return session
+        # Tensors resolved once: fetching by Tensor avoids a name lookup per run.
+        return _Session(tf.compat.v1.Session(graph=graph, config=config),
+                        graph.get_tensor_by_name(self._input),
+                        graph.get_tensor_by_name(self._output))
 
     def _collect(self, carry: _Submission | None):
         """Gather submissions for one run. Returns (batch, carry-over, stop?)."""
@@ -217,18 +232,20 @@ class SessionPool:
             return False
         return item.future.set_running_or_notify_cancel()
 
+    def _run_in_chunks(self, session, inputs: np.ndarray) -> np.ndarray:
+        """One session.run, or several for a single submission larger than max_batch_size."""
+        step = self.settings.max_batch_size
+        if len(inputs) <= step:
+            return session.run(inputs)
+        return np.concatenate([session.run(inputs[i:i + step]) for i in range(0, len(inputs), step)])
+
     def _execute(self, session, batch: list[_Submission]) -> None:
         inputs = batch[0].inputs if len(batch) == 1 else np.concatenate([s.inputs for s in batch])
-        input_tensor, output_tensor = session._digits_io
         with self._lock:
             self.busy += 1
         started = time.monotonic()
         try:
-            outputs = np.concatenate([
-                session.run(output_tensor, {input_tensor: inputs[i:i + self.settings.max_batch_size]})
-                for i in range(0, len(inputs), self.settings.max_batch_size)
-            ]) if len(inputs) > self.settings.max_batch_size else session.run(
-                output_tensor, {input_tensor: inputs})
+            outputs = self._run_in_chunks(session, inputs)
         except Exception as exc:  # a bad batch must not kill the worker
             for item in batch:
                 item.future.set_exception(exc)
