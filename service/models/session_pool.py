@@ -25,9 +25,10 @@ from ..errors import DeadlineExceeded, Overloaded, Unavailable
 class PoolSettings:
     pool_size: int = 1              # sessions, one worker thread each
     max_batch_size: int = 256       # rows per session.run
-    # How long a worker waits for more work to fill a batch. 0: run at once with whatever
-    # queued while the previous batch ran -- under load batches still grow, idle latency stays low.
-    batch_timeout_ms: float = 0.0
+    # The longest a worker waits for more work to fill a batch, and only while fewer
+    # submissions have arrived than joined its previous batch (a lone caller never waits).
+    # 0: never wait; batches still hold whatever queued while the previous one ran.
+    batch_timeout_ms: float = 1.0
     queue_size: int = 1024          # pending submissions before Overloaded
     intra_op_threads: int = 0       # 0: cores // pool_size, so sessions x threads <= cores
     inter_op_threads: int = 1
@@ -172,11 +173,13 @@ class SessionPool:
         self.stats.owner_threads.add(threading.get_ident())
         self._ready.wait()
         carry: _Submission | None = None
+        expected = 1
         try:
             while True:
-                batch, carry, stop = self._collect(carry)
+                batch, carry, stop = self._collect(carry, expected)
                 if batch:
                     self._execute(session, batch)
+                    expected = len(batch)
                 if stop:
                     break
         finally:
@@ -196,8 +199,14 @@ class SessionPool:
                         graph.get_tensor_by_name(self._input),
                         graph.get_tensor_by_name(self._output))
 
-    def _collect(self, carry: _Submission | None):
-        """Gather submissions for one run. Returns (batch, carry-over, stop?)."""
+    def _collect(self, carry: _Submission | None, expected: int):
+        """Gather submissions for one run. Returns (batch, carry-over, stop?).
+
+        Whatever is queued joins at once. Beyond that the worker waits (at most
+        ``batch_timeout_ms``) only while fewer submissions have arrived than joined its
+        previous batch: under concurrent load the callers it just answered are about to come
+        back, while a lone caller never waits.
+        """
         first = carry if carry is not None else self._queue.get()
         if first is _STOP:
             return [], None, True
@@ -209,7 +218,10 @@ class SessionPool:
         while rows < limit:
             remaining = wait_until - time.monotonic()
             try:
-                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                if remaining > 0 and len(batch) < expected:
+                    item = self._queue.get(timeout=remaining)
+                else:
+                    item = self._queue.get_nowait()
             except queue.Empty:
                 break
             if item is _STOP:

@@ -143,3 +143,14 @@ def test_settings_validate_and_split_cores():
         PoolSettings(batch_timeout_ms=-1)
     assert PoolSettings(pool_size=1, intra_op_threads=3).threads_per_session() == 3
     assert PoolSettings(pool_size=64).threads_per_session() == 1
+
+
+def test_a_lone_caller_never_waits_for_a_batch_to_fill(cnn, digits):
+    pool = make_pool(cnn, batch_timeout_ms=300)
+    try:
+        for _ in range(3):
+            started = time.monotonic()
+            pool.run(digits[0][:1], timeout=30)
+            assert time.monotonic() - started < 0.25  # a 300 ms wait would show
+    finally:
+        pool.stop()
