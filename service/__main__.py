@@ -1,4 +1,4 @@
-"""Command line: ``python -m service {serve,train,evaluate} ...``."""
+"""Command line: ``python -m service {serve,train,evaluate,publish,...} ...``."""
 from __future__ import annotations
 
 import argparse
@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--limit", type=int, help="train on the first N training images only")
     train.add_argument("--seed", type=int, default=1234)
     train.add_argument("--graphs-dir", type=Path, default=REPO_ROOT / "graphs")
+    train.add_argument("--extra-data", type=Path, metavar="DIR",
+                       help="also train on the IDX dataset in DIR (from `export`)")
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="score a frozen version on the MNIST test set")
@@ -54,6 +56,25 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                           help="for the QA gate's accuracy floor")
     evaluate.set_defaults(handler=_evaluate)
+    _add_export_parser(commands)
+
+    publish = commands.add_parser(
+        "publish", help="upload a version to an S3-compatible bucket (manifest last)",
+        description="Verify a version's model.pb against its manifest, then upload model.pb, "
+                    "confusion.png (if present) and manifest.json -- last, so a polling server "
+                    "never sees a manifest without its graph. Endpoint and credentials come "
+                    "from the config's [s3] section, else AWS_ENDPOINT_URL, "
+                    "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the rest of boto3's chain.")
+    publish.add_argument("--model", required=True, help="model name, e.g. digits-cnn")
+    publish.add_argument("--version", type=int, help="default: the newest under --graphs-dir")
+    publish.add_argument("--to", required=True, metavar="s3://BUCKET/PREFIX",
+                         help="the bucket and prefix a server's [store] reads from")
+    publish.add_argument("--graphs-dir", type=Path, default=REPO_ROOT / "graphs")
+    publish.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                         help="for its [s3] section (endpoint, region, credentials)")
+    publish.add_argument("--force", action="store_true",
+                         help="overwrite a version already in the bucket")
+    publish.set_defaults(handler=_publish)
     return parser
 
 
@@ -75,7 +96,7 @@ def _train(args: argparse.Namespace) -> int:
     arch = ARCHITECTURES[args.model]
     run = TrainingRun(model=args.model, epochs=args.epochs or arch.default_epochs,
                       batch_size=args.batch_size or arch.default_batch_size, seed=args.seed,
-                      limit=args.limit, graphs_dir=args.graphs_dir)
+                      limit=args.limit, graphs_dir=args.graphs_dir, extra_data=args.extra_data)
     print(f"training {run.model}: {run.epochs} epochs, batch {run.batch_size}, seed {run.seed}"
           + (f", first {run.limit} images" if run.limit else ""), flush=True)
     manifest = train(run)
@@ -93,6 +114,75 @@ def _evaluate(args: argparse.Namespace) -> int:
     settings = load_settings(args.config if args.config.exists() else None)
     config = next((m for m in settings.models if m.name == args.model), ModelConfig(args.model))
     return run_evaluation(args.model, args.version, args.graphs_dir, config)
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from .blobstore import make_s3_client
+    from .config import load_settings
+    from .models import store
+    from .models.publish import parse_s3_url, publish
+    from .models.registry import resolve_version
+
+    location = parse_s3_url(args.to)
+    settings = load_settings(args.config if args.config.exists() else None)
+    version = resolve_version(args.graphs_dir, args.model, args.version)
+    directory = store.version_dir(args.graphs_dir, args.model, version)
+    print(f"publishing {args.model} version {version} from {directory} to {args.to}", flush=True)
+    keys = publish(make_s3_client(settings.s3), directory, args.model, version, location,
+                   force=args.force, say=lambda line: print(line, flush=True))
+    print(f"published {len(keys)} files; manifest last")
+    return 0
+
+
+def _add_export_parser(commands) -> None:
+    export = commands.add_parser(
+        "export", help="write the input log as an MNIST-format IDX dataset",
+        description="Preprocess every logged image as its model saw it (28x28 uint8) and write "
+                    "inputlog-{images,labels} IDX files, SHA256SUMS and index.csv into --out, "
+                    "for `train --extra-data`. Only images with feedback are exported unless "
+                    "--include-unlabelled (whose labels are the model's own predictions).")
+    export.add_argument("--out", type=Path, required=True, metavar="DIR")
+    export.add_argument("--since", metavar="DATE", help="ISO date or datetime (UTC by default)")
+    export.add_argument("--model", help="only records of this model")
+    which = export.add_mutually_exclusive_group()
+    which.add_argument("--labelled-only", action="store_true",
+                       help="only images with feedback (the default)")
+    which.add_argument("--include-unlabelled", action="store_true",
+                       help="also images without feedback, labelled with the prediction")
+    export.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                        help="for [inputlog] (directory, image backend), [s3] and graphs_dir")
+    export.add_argument("--inputlog-dir", type=Path, metavar="DIR",
+                        help="read this input log (local images) instead of the config's")
+    export.add_argument("--no-progress", action="store_true", help="no progress bar")
+    export.set_defaults(handler=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .blobstore import LocalBlobStore
+    from .config import load_settings
+    from .export import ExportOptions, export
+    from .inputlog import make_store
+
+    settings = load_settings(args.config if args.config.exists() else None)
+    if args.inputlog_dir:
+        log_settings = dataclasses.replace(settings.inputlog, dir=args.inputlog_dir,
+                                           backend="local")
+        store = LocalBlobStore(args.inputlog_dir)
+    else:
+        log_settings = settings.inputlog
+        store = make_store(log_settings, settings.s3)
+    result = export(ExportOptions(
+        out_dir=args.out, inputlog_dir=log_settings.dir, store=store,
+        graphs_dir=settings.service.graphs_dir, since=args.since, model=args.model,
+        include_unlabelled=args.include_unlabelled, progress=not args.no_progress))
+    skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(result.skipped.items()))
+    print(f"exported {result.exported} images ({result.labelled} with feedback) to {args.out}"
+          + (f"; skipped {skipped}" if skipped else ""))
+    for path in result.files:
+        print(f"  {path}")
+    return 0
 
 
 if __name__ == "__main__":

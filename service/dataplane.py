@@ -5,7 +5,6 @@ numpy batches to the model registry's session pools and shapes what comes back.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -96,13 +95,9 @@ class DataPlane:
         """
         started = time.monotonic()
         self._check_batch(instances)
-        models = ([self.registry.get(n) for n in model_names] if model_names
-                  else self.registry.available())
-        if not models:
-            self.registry.get(self.registry.names()[0])  # raises the reason nothing is served
-        with contextlib.ExitStack() as leases:
-            for model in models:
-                leases.enter_context(model.lease())
+        with self.registry.lease(model_names) as models:
+            if not models:
+                self.registry.get(self.registry.names()[0])  # raises the reason nothing is served
             results = self._run(models, instances, top_k, started)
         for observer in self.observers:
             for result in results.values():

@@ -42,6 +42,16 @@ class BlankImage(InvalidInput):
     code = "blank_image"
 
 
+class Unauthorized(ServiceError):
+    """No or wrong credentials; ``WWW-Authenticate`` says which scheme to use."""
+
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message, code, headers={"WWW-Authenticate": "Bearer"})
+
+
 class Forbidden(ServiceError):
     status = 403
     code = "forbidden"
@@ -78,6 +88,20 @@ class Overloaded(Unavailable):
     code = "overloaded"
 
 
+class Conflict(ServiceError):
+    """The request is valid but clashes with the current state."""
+
+    status = 409
+    code = "conflict"
+
+
+class ReloadFailed(Conflict):
+    """A model version was rejected (download, checksum, load, warm-up or QA gate); the
+    previous version keeps serving."""
+
+    code = "reload_failed"
+
+
 class DeadlineExceeded(ServiceError):
     status = 504
     code = "deadline_exceeded"
@@ -93,6 +117,12 @@ class ModelLoadError(ServiceError):
     """A model version could not be read, verified, imported, warmed or passed the QA gate."""
 
     code = "model_load_failed"
+
+
+class PublishError(ServiceError):
+    """A version could not be published: it fails verification, or the bucket refused it."""
+
+    code = "publish_failed"
 
 
 class ConfigError(ServiceError):

@@ -182,6 +182,42 @@
     return {title: 'Something went wrong', message: message};
   }
 
+  // -- "Correct?" feedback on a result card -------------------------------------------------
+
+  async function sendFeedback(box, label) {
+    var status = box.querySelector('.feedback-status');
+    var buttons = box.querySelectorAll('button, select');
+    buttons.forEach(function (b) { b.disabled = true; });
+    status.textContent = 'Sending…';
+    try {
+      var response = await fetch('/v1/feedback', {
+        method: 'POST',
+        headers: {'Content-Type': 'application/json'},
+        body: JSON.stringify({request_id: box.getAttribute('data-request-id'), label: label})
+      });
+      var body = await response.json().catch(function () { return null; });
+      if (!response.ok) {
+        throw new Error(body && body.error ? body.error.message : 'HTTP ' + response.status);
+      }
+      box.classList.add('sent');
+      status.textContent = 'Thanks! Recorded ' + body.label + ' as the right answer.';
+    } catch (err) {
+      buttons.forEach(function (b) { b.disabled = false; });
+      status.textContent = 'Could not send: ' + (err && err.message || err);
+    }
+  }
+
+  // Delegated: result cards come and go with each fetched fragment.
+  results.addEventListener('click', function (event) {
+    var button = event.target.closest('.feedback button');
+    if (!button) return;
+    event.preventDefault();  // a no-JavaScript <form> would post and leave the page
+    var box = button.closest('.feedback');
+    var label = button.classList.contains('feedback-yes') ? button.value :
+      box.querySelector('select[name="correction"]').value;
+    sendFeedback(box, label);
+  });
+
   form.addEventListener('submit', async function (event) {
     event.preventDefault();
     var file = fileInput.files && fileInput.files[0];

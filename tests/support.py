@@ -28,6 +28,8 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config_path = tmp / "service.conf"
+        if "[inputlog]" not in config:  # keep test predictions out of the repo's var/inputlog
+            config += f'\n[inputlog]\ndir = "{tmp / "inputlog"}"\n'
         self.config_path.write_text(config)
         self.log_path = tmp / "server.log"
         self.args = [sys.executable, "-m", "service", "serve", "--config", str(self.config_path),
@@ -39,22 +41,31 @@ class ServerProcess:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(self.args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                          env=env)
-        self.wait_http(timeout)
-        if wait_ready:
-            assert requests.get(self.url + "/readyz", timeout=5).status_code == 200, self.log()
+        try:
+            self.wait_for("/readyz" if wait_ready else "/healthz", timeout)
+        except BaseException:
+            self.kill()
+            raise
         return self
 
-    def wait_http(self, timeout: float) -> None:
+    def wait_for(self, path: str, timeout: float) -> None:
+        """Poll ``path`` until it answers 200; fail early if the process dies."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                requests.get(self.url + "/healthz", timeout=1)
-                return
+                if requests.get(self.url + path, timeout=2).status_code == 200:
+                    return
             except requests.ConnectionError:
-                time.sleep(0.2)
-        raise RuntimeError(f"server did not answer within {timeout} s:\n{self.log()}")
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{path} did not answer 200 within {timeout} s:\n{self.log()}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

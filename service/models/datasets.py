@@ -51,7 +51,25 @@ def clear_cache() -> None:
 # Small maxsize: the train split alone is ~47 MB, and only a handful of directories are used.
 @functools.lru_cache(maxsize=4)
 def _load_split(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    images_path, labels_path = (data_dir / name for name in idx_names(SPLITS[split]))
+    return _load_pair(data_dir, SPLITS[split])
+
+
+def load_idx_dir(data_dir: Path | str, prefix: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The verified ``(images, labels)`` pair named ``prefix`` in ``data_dir`` (e.g. an input
+    log export); without ``prefix``, the directory must hold exactly one pair."""
+    data_dir = Path(data_dir)
+    if prefix is None:
+        suffix = idx_names("")[0]  # "-images-idx3-ubyte.gz"
+        found = sorted(p.name[: -len(suffix)] for p in data_dir.glob(f"*{suffix}"))
+        if len(found) != 1:
+            raise DatasetError(f"{data_dir} must hold exactly one *{suffix} file to pick a "
+                               f"dataset, found {len(found)}: {found}.")
+        prefix = found[0]
+    return _load_pair(data_dir, prefix)
+
+
+def _load_pair(data_dir: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    images_path, labels_path = (data_dir / name for name in idx_names(prefix))
     sums = read_checksums(data_dir)
     images = read_idx(images_path, IMAGES_MAGIC, sums)
     labels = read_idx(labels_path, LABELS_MAGIC, sums)

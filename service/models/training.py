@@ -26,6 +26,7 @@ class TrainingRun:
     graphs_dir: Path = REPO_ROOT / "graphs"
     data_dir: Path = datasets.DEFAULT_DIR
     verbose: int = 1
+    extra_data: Path | None = None  # an IDX pair (e.g. `python -m service export`) added to train
 
 
 def to_input_shape(images: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
@@ -50,6 +51,9 @@ def train(run: TrainingRun) -> Manifest:
     x_test, y_test = datasets.load_mnist("test", run.data_dir)
     if run.limit:
         x_train, y_train = x_train[: run.limit], y_train[: run.limit]
+    extra = 0
+    if run.extra_data:
+        x_train, y_train, extra = with_extra_data(x_train, y_train, run.extra_data)
 
     model = arch.build()
     steps = run.epochs * -(-len(x_train) // run.batch_size)
@@ -81,6 +85,8 @@ def train(run: TrainingRun) -> Manifest:
         tf_version=tf.__version__,
         training={"epochs": run.epochs, "batch_size": run.batch_size, "seed": run.seed,
                   "limit": run.limit, "train_images": int(len(x_train)),
+                  "extra_data": str(run.extra_data) if run.extra_data else None,
+                  "extra_images": extra,
                   "learning_rate": arch.learning_rate, "lr_schedule": arch.lr_schedule,
                   "optimizer": "adam",
                   "seconds": round(train_seconds, 1)},
@@ -88,6 +94,17 @@ def train(run: TrainingRun) -> Manifest:
     out = store.write_version(run.graphs_dir, manifest, frozen.graph_def_bytes)
     evaluation.confusion_png(result, labels, out / "confusion.png")
     return manifest
+
+
+def with_extra_data(images: np.ndarray, labels: np.ndarray, extra_dir: Path
+                    ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Append the verified IDX pair in ``extra_dir``; it must be MNIST-shaped like ``images``."""
+    x_extra, y_extra = datasets.load_idx_dir(extra_dir)
+    if x_extra.shape[1:] != images.shape[1:]:
+        raise datasets.DatasetError(f"The extra data in {extra_dir} holds images of shape "
+                                    f"{x_extra.shape[1:]}; training needs {images.shape[1:]}.")
+    return (np.concatenate([images, x_extra]), np.concatenate([labels, y_extra]),
+            int(len(x_extra)))
 
 
 def _learning_rate(arch: Architecture, steps: int):

@@ -8,7 +8,9 @@ import cherrypy
 from ..dataplane import DataPlane, ModelResult, RequestContext
 from ..errors import InvalidInput, NotFound, Unavailable
 from ..models.registry import ModelState, ModelStatus, ServedModel
+from .admin import Admin, version_info
 from .bodies import BodyLimits, PredictBody, parse_predict_body
+from .feedback import FeedbackRoutes
 from .responses import json_endpoint, require_method
 
 
@@ -93,11 +95,14 @@ def request_context() -> RequestContext:
 
 
 class ModelsResource:
-    """/v1/models, /v1/models/<name>, /v1/models/<name>/predict."""
+    """/v1/models, /v1/models/<name>, /v1/models/<name>/predict, /v1/models/<name>/reload."""
 
-    def __init__(self, predictor: Predictor):
+    _cp_config = {"tools.bodiless_post.on": True}  # a bare POST .../reload is not a 411
+
+    def __init__(self, predictor: Predictor, admin_token: str | None = None):
         self.predictor = predictor
         self.registry = predictor.plane.registry
+        self.admin = Admin(self.registry, admin_token)
 
     @cherrypy.expose
     @json_endpoint
@@ -108,12 +113,14 @@ class ModelsResource:
     @cherrypy.expose
     @json_endpoint
     def default(self, name: str, action: str | None = None, *rest, **params):
+        if action == "reload" and not rest:  # admin checks come before the model lookup
+            return self.admin.reload(name, params)
         status = self._status(name)
         if rest or action not in (None, "predict"):
             raise NotFound(f"There is nothing at {cherrypy.request.path_info}.", "not_found")
         if action is None:
             require_method("GET")
-            return model_details(status)
+            return {**model_details(status), **version_info(status, self.registry.versions(name))}
         require_method("POST")
         return self.predictor.one(name, self.predictor.parse(params))
 
@@ -124,10 +131,10 @@ class ModelsResource:
         raise NotFound(f"There is no model named {name!r}.", "model_not_found")
 
 
-class V1:
-    def __init__(self, predictor: Predictor):
+class V1(FeedbackRoutes):
+    def __init__(self, predictor: Predictor, admin_token: str | None = None):
         self.predictor = predictor
-        self.models = ModelsResource(predictor)
+        self.models = ModelsResource(predictor, admin_token)
 
     @cherrypy.expose
     @json_endpoint
@@ -169,6 +176,10 @@ class HealthRoutes:
         if waiting:
             raise Unavailable(f"Not ready: waiting for model(s) {', '.join(waiting)}.",
                               "not_ready", retry_after=5)
+        # The HTTP server answers a moment before the engine has finished starting.
+        if cherrypy.engine.state is not cherrypy.engine.states.STARTED:
+            raise Unavailable("Not ready: the server is still starting.", "not_ready",
+                              retry_after=1)
         return {"status": "ready"}
 
 

@@ -1,7 +1,6 @@
 """Build the CherryPy application and run it in the foreground or as a daemon."""
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -9,33 +8,42 @@ from typing import Any
 import cherrypy
 from cherrypy.process.plugins import Daemonizer, PIDFile
 
+from .. import logs
 from ..config import REPO_ROOT, Settings, load_settings
 from ..dataplane import DataPlane
+from ..inputlog import InputLog
 from ..models.registry import ModelRegistry
+from ..models.store import open_store
 from .api import HealthRoutes, Predictor, V1
 from .bodies import BodyLimits
 from . import limits  # noqa: F401  (registers tools.body_limit)
 from .compat import CompatRoutes
-from .plugins import ModelPlugin
+from .observability import ObservabilityRoutes, take_over_access_log, tool_config
+from .plugins import InputLogPlugin, ModelPlugin
 from .responses import error_page, unexpected_error
 from .ui import UiRoutes
 
 
-class Root(HealthRoutes, CompatRoutes, UiRoutes):
-    """``/``: the form, health routes and the seed-compatible routes; ``/v1``: the API."""
+class Root(HealthRoutes, CompatRoutes, UiRoutes, ObservabilityRoutes):
+    """``/``: the form, health, metrics and the seed-compatible routes; ``/v1``: the API."""
 
-    def __init__(self, settings: Settings, registry: ModelRegistry):
+    def __init__(self, settings: Settings, registry: ModelRegistry,
+                 inputlog: InputLog | None = None):
         service = settings.service
         self.settings = settings
         self.registry = registry
         self.plane = DataPlane(registry, max_pixels=service.max_pixels,
                                max_batch_size=service.max_batch_size,
-                               timeout_s=service.request_timeout_s)
+                               timeout_s=service.request_timeout_s,
+                               sinks=[inputlog] if inputlog else [])
+        self.start_observing(self.plane)  # metrics and prediction logs
         self.predictor = Predictor(self.plane, BodyLimits(service.images_root,
                                                           service.max_body_bytes))
         self.default_model = service.default_model
         self.mnist_dir = service.mnist_dir
-        self.v1 = V1(self.predictor)
+        self.inputlog = inputlog
+        self.v1 = V1(self.predictor, service.admin_token)
+        self.v1.inputlog = inputlog  # /v1/feedback
 
 
 def app_config(max_body_bytes: int) -> dict[str, Any]:
@@ -62,22 +70,29 @@ def mount(settings: Settings) -> ModelRegistry:
     """Configure CherryPy from ``settings`` and mount the app; models load at engine start."""
     service = settings.service
     # cheroot's own limit answers in plain text; ours (limits.py) answers in JSON.
-    cherrypy.config.update({**settings.cherrypy, "server.max_request_body_size": 0})
-    _route_service_logs()
-    registry = ModelRegistry(settings.models, service.graphs_dir)
-    cherrypy.tree.mount(Root(settings, registry), "/", app_config(service.max_body_bytes))
+    # CherryPy's screen handlers are replaced by logs.configure's (one format, stderr).
+    cherrypy.config.update({**settings.cherrypy, "server.max_request_body_size": 0,
+                            "log.screen": False})
+    logs.configure(settings.logging, screen=bool(settings.cherrypy.get("log.screen", True)))
+    registry = ModelRegistry(settings.models, open_store(settings),
+                             poll_interval_s=settings.store.poll_interval_s)
+    inputlog = make_inputlog(settings, registry)
+    root = Root(settings, registry, inputlog)
+    config = app_config(service.max_body_bytes)
+    config["/"].update(tool_config(root.service_metrics))
+    take_over_access_log(cherrypy.tree.mount(root, "/", config))
     ModelPlugin(cherrypy.engine, registry).subscribe()
+    if inputlog is not None:
+        InputLogPlugin(cherrypy.engine, inputlog).subscribe()
     return registry
 
 
-def _route_service_logs() -> None:
-    """Send this package's log records wherever CherryPy's error log goes (screen, file)."""
-    logger = logging.getLogger("service")
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    logger.handlers = list(cherrypy.log.error_log.handlers)
-    for handler in logger.handlers:
-        handler.setFormatter(logging.Formatter("[%(asctime)s] %(name)s %(levelname)s %(message)s"))
+def make_inputlog(settings: Settings, registry: ModelRegistry) -> InputLog | None:
+    """The input log sink, or None when ``[inputlog] enabled = False``."""
+    if not settings.inputlog.enabled:
+        return None
+    return InputLog(settings.inputlog, settings.s3,
+                    labels_for=lambda name: registry.get(name).labels)
 
 
 def serve(config_path: Path | None, host: str | None = None, port: int | None = None,

@@ -30,3 +30,24 @@ class ModelPlugin(SimplePlugin):
     def stop(self) -> None:
         log.info("stopping model pools")
         self.registry.stop()
+
+
+class InputLogPlugin(SimplePlugin):
+    """Starts the input log's writer before the HTTP server binds (75) -- after the daemon
+    fork (65), as threads do not survive a fork -- and stops it after the HTTP server (25)
+    has finished its requests, so everything they queued is written before exit."""
+
+    def __init__(self, bus, inputlog):
+        super().__init__(bus)
+        self.inputlog = inputlog
+
+    def start(self) -> None:
+        self.inputlog.start()
+
+    start.priority = 72
+
+    def stop(self) -> None:
+        log.info("flushing the input log")
+        self.inputlog.stop()
+
+    stop.priority = 50  # after the HTTP server's stop (25): no new predictions can arrive

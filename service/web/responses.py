@@ -56,7 +56,13 @@ def json_endpoint(handler: Callable) -> Callable:
     return wrapper
 
 
+def note_error(code: str) -> None:
+    """Remember the error code of this response, for the metrics and the access log."""
+    cherrypy.serving.request.error_code = code
+
+
 def service_error_response(exc: ServiceError) -> bytes:
+    note_error(exc.code)
     cherrypy.response.headers.update(exc.headers)
     if exc.status >= 500:
         log.warning("%s %s -> %d %s: %s", cherrypy.request.method, cherrypy.request.path_info,
@@ -69,6 +75,7 @@ def error_page(status: str, message: str, traceback: str, version: str) -> str:
     code = int(str(status).split()[0])
     cherrypy.response.headers["Content-Type"] = "application/json"
     text = str(message) if code == 413 else MESSAGES.get(code) or str(message)
+    note_error(HTTP_CODES.get(code, f"http_{code}"))
     return json.dumps(error_payload(HTTP_CODES.get(code, f"http_{code}"), text))
 
 
@@ -76,6 +83,7 @@ def unexpected_error() -> None:
     """request.error_response: log the traceback, answer a bare 500 with no details."""
     log.error("unhandled error on %s %s", cherrypy.request.method, cherrypy.request.path_info,
               exc_info=True)
+    note_error("internal_error")
     response = cherrypy.response
     response.status = 500
     response.headers["Content-Type"] = "application/json"

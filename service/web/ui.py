@@ -22,7 +22,8 @@ from ..models import preprocess
 from ..models.registry import ModelState
 from .api import request_context
 from .bodies import instance_from_options
-from .responses import HTTP_CODES, require_method
+from .feedback import require_inputlog
+from .responses import HTTP_CODES, note_error, require_method
 
 log = logging.getLogger("service.web")
 
@@ -86,7 +87,7 @@ def _form_values(model: Any, x: Any, y: Any) -> dict[str, str]:
     return {"model": text(model) or "all", "x": text(x), "y": text(y)}
 
 
-def _result_view(result: ModelResult) -> dict[str, Any]:
+def _result_view(result: ModelResult, labels: list[str] | None = None) -> dict[str, Any]:
     best = result.predictions[0]
     array = result.inputs[0]
     height, width = array.shape[:2]
@@ -105,7 +106,15 @@ def _result_view(result: ModelResult) -> dict[str, Any]:
         "input_size": f"{width}\u00d7{height}",
         "scale": scale,
         "timings": [(k, result.timing_ms[k]) for k in TIMING_KEYS if k in result.timing_ms],
+        "labels": labels or sorted(label for _, label, _ in best.top_k),  # for feedback
     }
+
+
+def _labels(registry: Any, name: str) -> list[str] | None:
+    try:
+        return registry.get(name).labels
+    except ServiceError:  # swapped out meanwhile: the top-k labels will do
+        return None
 
 
 def _wants_fragment() -> bool:
@@ -130,6 +139,10 @@ def _render(root: Any, template: str, fragment: bool, **context: Any) -> str:
     context.setdefault("error", None)
     context.setdefault("filename", "")
     context.setdefault("form", {"model": "all", "x": "", "y": ""})
+    context.setdefault("request_id", None)
+    # The fragment goes into a page whose script sends feedback; a full page posts a form.
+    context.setdefault("feedback", getattr(root, "inputlog", None) is not None)
+    context["fragment"] = fragment
     if fragment:
         return TEMPLATES.get_template("_result.html").render(**context)
     return TEMPLATES.get_template(template).render(**_page_context(root), **context)
@@ -147,6 +160,7 @@ def _respond(root: Any, template: str, fragment: bool | None = None, **context: 
 
 def _error_response(root: Any, status: int, code: str, message: str,
                     headers: dict | None = None, form: dict | None = None) -> bytes:
+    note_error(code)
     cherrypy.response.status = status
     cherrypy.response.headers.update(headers or {})
     if status >= 500:
@@ -220,7 +234,7 @@ class UiRoutes:
             results = self.plane.predict(names, [instance], top_k=None, context=context)
         except ServiceError as exc:
             return _error_response(self, exc.status, exc.code, exc.message, exc.headers, form)
-        views = [_result_view(r) for r in results.values()]
+        views = [_result_view(r, _labels(self.registry, r.model)) for r in results.values()]
         return _respond(self, "result.html", results=views, form=form,
                         filename=getattr(image, "filename", None) or "",
                         request_id=context.request_id)
@@ -228,3 +242,17 @@ class UiRoutes:
     # CherryPy's own errors on this route (413 body too large, 405, a malformed multipart
     # body) are shown as HTML too: a handler's config is merged after the app's "/" config.
     result._cp_config = {"error_page.default": html_error_page}
+
+    @cherrypy.expose
+    def feedback_form(self, request_id=None, label=None, correction=None, **_):
+        """The "Correct?" buttons without JavaScript: record the label, then say thanks."""
+        require_method("POST")
+        chosen = label or correction  # "Yes" sends the predicted label; "Send" the chosen one
+        try:
+            answer = require_inputlog(getattr(self, "inputlog", None)).feedback(
+                request_id, label=chosen)
+        except ServiceError as exc:
+            return _error_response(self, exc.status, exc.code, exc.message, exc.headers)
+        return _respond(self, "feedback.html", fragment=False, answer=answer)
+
+    feedback_form._cp_config = {"error_page.default": html_error_page}

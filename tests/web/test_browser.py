@@ -83,6 +83,15 @@ def test_upload_with_javascript_shows_results_in_place(browser, expect, server, 
         page.screenshot(path=tmp_path / "result-phone.png", full_page=True)
         page.set_viewport_size(LAPTOP)
 
+        # "Correct?" -> Yes sends the predicted label to /v1/feedback and thanks in place.
+        feedback = cards.first.locator(".feedback")
+        expect(feedback).to_contain_text("Correct?")
+        with page.expect_response(lambda r: r.url.endswith("/v1/feedback")) as answer:
+            feedback.get_by_role("button", name="Yes").click()
+        assert answer.value.status == 200
+        expect(feedback.locator(".feedback-status")).to_contain_text("Thanks")
+        assert page.url.rstrip("/") == server
+
         page.get_by_label("Image file").set_input_files(FIXTURES / "not_an_image.txt")
         page.get_by_role("button", name="Recognize").click()
         alert = page.locator("#results").get_by_role("alert")

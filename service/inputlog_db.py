@@ -1,0 +1,225 @@
+"""The input log's SQLite database: schema, inserts, feedback updates and export queries.
+
+One row per image (content-addressed by sha256) and one per prediction (instance x model).
+WAL mode lets the request threads read (feedback, stats) while the writer thread writes.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import astuple, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+DB_NAME = "inputlog.sqlite3"
+BUSY_TIMEOUT_MS = 5000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    sha256      TEXT PRIMARY KEY,
+    key         TEXT NOT NULL,        -- where the bytes are (or were) in the blob store
+    format      TEXT,
+    width       INTEGER,
+    height      INTEGER,
+    bytes       INTEGER NOT NULL,
+    first_seen  TEXT NOT NULL,
+    stored      INTEGER NOT NULL,     -- 1 while the bytes are in the store
+    stored_at   TEXT,
+    pruned_at   TEXT
+);
+CREATE INDEX IF NOT EXISTS images_by_age ON images (stored, stored_at);
+CREATE TABLE IF NOT EXISTS models (
+    model   TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    labels  TEXT NOT NULL,            -- JSON list; index = class id
+    PRIMARY KEY (model, version)
+);
+CREATE TABLE IF NOT EXISTS predictions (
+    id              INTEGER PRIMARY KEY,
+    request_id      TEXT NOT NULL,
+    instance        INTEGER NOT NULL,
+    time            TEXT NOT NULL,    -- UTC, ISO 8601 with microseconds: sorts as text
+    route           TEXT NOT NULL,
+    client          TEXT NOT NULL,
+    api_key_id      TEXT,
+    model           TEXT NOT NULL,
+    version         INTEGER NOT NULL,
+    class_id        INTEGER NOT NULL,
+    label           TEXT NOT NULL,
+    probability     REAL NOT NULL,
+    top_k           TEXT NOT NULL,    -- JSON [[class, label, probability], ...]
+    image_sha256    TEXT NOT NULL,
+    image_format    TEXT,
+    image_width     INTEGER,
+    image_height    INTEGER,
+    image_bytes     INTEGER NOT NULL,
+    x               REAL,
+    y               REAL,
+    crop            REAL,
+    latency_ms      REAL,
+    feedback_label  TEXT,
+    feedback_class  INTEGER,
+    feedback_time   TEXT
+);
+CREATE INDEX IF NOT EXISTS predictions_by_request ON predictions (request_id);
+CREATE INDEX IF NOT EXISTS predictions_by_time ON predictions (time);
+"""
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    sha256: str
+    key: str
+    format: str | None
+    width: int | None
+    height: int | None
+    bytes: int
+    first_seen: str
+    stored: int
+    stored_at: str | None
+    pruned_at: str | None = None
+
+
+@dataclass(frozen=True)
+class PredictionRow:
+    request_id: str
+    instance: int
+    time: str
+    route: str
+    client: str
+    api_key_id: str | None
+    model: str
+    version: int
+    class_id: int
+    label: str
+    probability: float
+    top_k: str
+    image_sha256: str
+    image_format: str | None
+    image_width: int | None
+    image_height: int | None
+    image_bytes: int
+    x: float | None
+    y: float | None
+    crop: float | None
+    latency_ms: float | None
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def connect(directory: Path) -> sqlite3.Connection:
+    """Open (creating if needed) the database in ``directory``, in WAL mode."""
+    directory.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(directory / DB_NAME, timeout=BUSY_TIMEOUT_MS / 1000,
+                           isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, never corrupt
+    conn.executescript(SCHEMA)
+    return conn
+
+
+def _insert_sql(table: str, cls: type, verb: str = "INSERT") -> str:
+    names = [f.name for f in fields(cls)]
+    return f"{verb} INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+
+
+INSERT_IMAGE = _insert_sql("images", ImageRow, "INSERT OR REPLACE")
+INSERT_PREDICTION = _insert_sql("predictions", PredictionRow)
+
+
+def write_batch(conn: sqlite3.Connection, images: list[ImageRow],
+                predictions: list[PredictionRow]) -> None:
+    """All rows of a batch in one transaction: all of them land, or none."""
+    with transaction(conn):
+        conn.executemany(INSERT_IMAGE, [astuple(row) for row in images])
+        conn.executemany(INSERT_PREDICTION, [astuple(row) for row in predictions])
+
+
+class transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK`` on error) on an autocommit connection."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, kind, value, traceback) -> None:
+        self.conn.execute("ROLLBACK" if kind else "COMMIT")
+
+
+def known_image(conn: sqlite3.Connection, sha256: str) -> sqlite3.Row | None:
+    return conn.execute("SELECT * FROM images WHERE sha256 = ?", (sha256,)).fetchone()
+
+
+def has_labels(conn: sqlite3.Connection, model: str, version: int) -> bool:
+    return conn.execute("SELECT 1 FROM models WHERE model = ? AND version = ?",
+                        (model, version)).fetchone() is not None
+
+
+def save_labels(conn: sqlite3.Connection, model: str, version: int, labels: list[str]) -> None:
+    conn.execute("INSERT OR IGNORE INTO models (model, version, labels) VALUES (?, ?, ?)",
+                 (model, version, json.dumps(labels)))
+
+
+def labels(conn: sqlite3.Connection, model: str, version: int) -> list[str] | None:
+    row = conn.execute("SELECT labels FROM models WHERE model = ? AND version = ?",
+                       (model, version)).fetchone()
+    return json.loads(row["labels"]) if row else None
+
+
+def bytes_stored(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM images WHERE stored = 1").fetchone()[0]
+
+
+def oldest_stored(conn: sqlite3.Connection, limit: int = 100) -> list[sqlite3.Row]:
+    return conn.execute("SELECT sha256, key, bytes FROM images WHERE stored = 1 "
+                        "ORDER BY stored_at, sha256 LIMIT ?", (limit,)).fetchall()
+
+
+def mark_pruned(conn: sqlite3.Connection, sha256s: list[str]) -> None:
+    now = utc_now()
+    with transaction(conn):
+        conn.executemany("UPDATE images SET stored = 0, pruned_at = ? WHERE sha256 = ?",
+                         [(now, sha) for sha in sha256s])
+
+
+def request_records(conn: sqlite3.Connection, request_id: str,
+                    instance: int | None = None) -> list[sqlite3.Row]:
+    sql = "SELECT id, instance, model, version FROM predictions WHERE request_id = ?"
+    args: tuple = (request_id,)
+    if instance is not None:
+        sql, args = sql + " AND instance = ?", (request_id, instance)
+    return conn.execute(sql, args).fetchall()
+
+
+def set_feedback(conn: sqlite3.Connection, ids: list[int], label: str, class_id: int) -> int:
+    now = utc_now()
+    with transaction(conn):
+        conn.executemany("UPDATE predictions SET feedback_label = ?, feedback_class = ?, "
+                         "feedback_time = ? WHERE id = ?",
+                         [(label, class_id, now, row_id) for row_id in ids])
+    return len(ids)
+
+
+def export_rows(conn: sqlite3.Connection, since: str | None, model: str | None,
+                labelled_only: bool) -> Iterator[sqlite3.Row]:
+    """Prediction rows joined with their image, oldest first."""
+    sql = ["SELECT p.*, i.key AS image_key, i.stored AS image_stored FROM predictions p "
+           "JOIN images i ON i.sha256 = p.image_sha256 WHERE 1 = 1"]
+    args: list = []
+    if since:
+        sql.append("AND p.time >= ?")
+        args.append(since)
+    if model:
+        sql.append("AND p.model = ?")
+        args.append(model)
+    if labelled_only:
+        sql.append("AND p.feedback_class IS NOT NULL")
+    sql.append("ORDER BY p.time, p.id")
+    return conn.execute(" ".join(sql), args)

@@ -1,0 +1,90 @@
+"""Model versions over HTTP: what ``GET /v1/models/<name>`` says about them, and the admin-only
+``POST /v1/models/<name>/reload`` (newest version, or ``{"version": N}`` to pin N — a rollback).
+
+Admin routes take ``Authorization: Bearer <token>`` or ``X-Admin-Token: <token>``, compared in
+constant time with ``[service] admin_token``; with no token configured they are disabled.
+"""
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+import cherrypy
+
+from ..errors import Forbidden, InvalidInput, Unauthorized
+from ..models.registry import ModelRegistry, ModelStatus
+from .bodies import parse_json, read_body
+from .responses import require_method
+
+MAX_ADMIN_BODY = 4096  # {"version": N} is all a reload body holds
+
+
+def allow_bodiless_post() -> None:
+    """on_start_resource: a request with neither Content-Length nor Transfer-Encoding has an
+    empty body (RFC 9112 6.3), so ``curl -X POST .../reload`` means "reload the newest" --
+    CherryPy would otherwise answer 411 before the handler runs."""
+    headers = cherrypy.request.headers
+    if "Content-Length" not in headers and "Transfer-Encoding" not in headers:
+        cherrypy.request.process_request_body = False
+
+
+cherrypy.tools.bodiless_post = cherrypy.Tool("on_start_resource", allow_bodiless_post)
+
+
+def version_info(status: ModelStatus, versions: list[int]) -> dict[str, Any]:
+    """The version lifecycle part of a model's details."""
+    failure = status.last_failure
+    return {"serving": status.version if status.model is not None else None,
+            "policy": status.policy, "pinned": status.pinned, "versions": versions,
+            "previous_version": status.previous_version,
+            "last_reload_failure": failure.to_dict() if failure else None}
+
+
+class Admin:
+    def __init__(self, registry: ModelRegistry, token: str | None):
+        self.registry = registry
+        self.token = token or None
+
+    def reload(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
+        """POST /v1/models/<name>/reload: 200 with the new summary, or 409 ``reload_failed``."""
+        require_method("POST")
+        self.authorize()
+        status = self.registry.reload(name, requested_version(params))
+        return {"name": status.name, "version": status.version, "state": status.state.value,
+                "previous_version": status.previous_version, "policy": status.policy,
+                "pinned": status.pinned}
+
+    def authorize(self) -> None:
+        if self.token is None:
+            raise Forbidden("Admin routes are disabled: no [service] admin_token is configured.",
+                            "admin_disabled")
+        presented = presented_token(cherrypy.request.headers)
+        if presented is None or not hmac.compare_digest(presented.encode(), self.token.encode()):
+            raise Unauthorized("This route needs the admin token: send "
+                               "'Authorization: Bearer <token>' or 'X-Admin-Token: <token>'.")
+
+
+def presented_token(headers: Any) -> str | None:
+    scheme, _, credentials = headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return headers.get("X-Admin-Token") or None
+
+
+def requested_version(params: dict[str, Any]) -> int | None:
+    """``{"version": N}`` in a JSON body (or ``?version=N``); nothing or ``{}``: the newest."""
+    data = read_body(MAX_ADMIN_BODY) if cherrypy.request.process_request_body else b""
+    value = params.get("version")
+    if data.strip():
+        payload = parse_json(data)
+        if not isinstance(payload, dict):
+            raise InvalidInput("The JSON body must be an object.", "invalid_json")
+        value = payload.get("version")
+    if value is None:
+        return None
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInput(f"'version' must be a positive integer, got {value!r}.",
+                           "bad_parameter")
+    return value

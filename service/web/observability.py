@@ -1,0 +1,155 @@
+"""Every request counted, timed and logged once; ``GET /metrics`` and ``GET /openapi.json``.
+
+``tools.observe`` notes the start of each request and, once its response is written
+(``on_end_request``, which runs for errors too), records its route template, method, status
+and latency in the app's ``ServiceMetrics`` and writes its access line. CherryPy's own access
+line is switched off for the app: it cannot know the duration, and one line per request is
+enough.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+import cherrypy
+
+from ..dataplane import DataPlane
+from ..logs import ACCESS_LOGGER, PredictionLog
+from ..metrics import CONTENT_TYPE, ServiceMetrics
+from . import openapi
+from .responses import HTTP_CODES, require_method
+
+access_log = logging.getLogger(ACCESS_LOGGER)
+log = logging.getLogger("service.web")
+
+# Route templates, so that /mnist/label/123 and /v1/models/<name>/predict do not make one
+# time series per index or name. Anything else is "unmatched" (unknown URLs, probes).
+EXACT_ROUTES = frozenset({
+    "/", "/result", "/status", "/healthz", "/readyz", "/metrics", "/openapi.json",
+    "/recognize", "/mnist/classify", "/v1/models", "/v1/predict", "/v1/feedback",
+    "/feedback_form",
+})
+PATTERN_ROUTES = (
+    (re.compile(r"/v1/models/[^/]+"), "/v1/models/{name}"),
+    (re.compile(r"/v1/models/[^/]+/(predict|reload)"), "/v1/models/{name}/\\1"),
+    (re.compile(r"/mnist/(image|label|classify)/[^/]+"), "/mnist/\\1/{idx}"),
+    (re.compile(r"/static/.+"), "/static/{file}"),
+)
+UNMATCHED = "unmatched"
+
+
+def route_template(path: str) -> str:
+    path = path.rstrip("/") or "/"
+    if path in EXACT_ROUTES:
+        return path
+    for pattern, template in PATTERN_ROUTES:
+        match = pattern.fullmatch(path)
+        if match:
+            return match.expand(template)
+    return UNMATCHED
+
+
+# -- the tool --------------------------------------------------------------------------------
+def _started() -> None:
+    cherrypy.serving.request.observe_started = time.perf_counter()
+
+
+def _ended(metrics: ServiceMetrics | None = None) -> None:
+    """on_end_request: count the request and write its access line; never fails the request."""
+    request, response = cherrypy.serving.request, cherrypy.serving.response
+    try:
+        seconds = time.perf_counter() - getattr(request, "observe_started", time.perf_counter())
+        status = _status_code(response.status)
+        route = route_template(request.path_info)
+        code = getattr(request, "error_code", None)
+        if status >= 400 and code is None:
+            code = HTTP_CODES.get(status, f"http_{status}")
+        if metrics is not None:
+            metrics.request_done(route, request.method, status, seconds, code)
+        _write_access_line(request, response, route, status, seconds, code)
+    except Exception:
+        log.error("recording the request failed", exc_info=True)
+
+
+class ObserveTool(cherrypy.Tool):
+    """``tools.observe``: a start hook (first of all, so body-limit refusals are timed too)
+    and an end hook that gets the tool's config (``tools.observe.metrics``)."""
+
+    def __init__(self) -> None:
+        super().__init__("on_start_resource", _started, name="observe")
+
+    def _setup(self) -> None:
+        conf = self._merged_args()
+        conf.pop("priority", None)
+        hooks = cherrypy.serving.request.hooks
+        hooks.attach("on_start_resource", _started, priority=1)
+        hooks.attach("on_end_request", _ended, priority=90, **conf)
+
+
+cherrypy.tools.observe = ObserveTool()
+
+
+def tool_config(metrics: ServiceMetrics) -> dict[str, Any]:
+    """The app-wide ("/") config that turns the tool on."""
+    return {"tools.observe.on": True, "tools.observe.metrics": metrics}
+
+
+def take_over_access_log(app: cherrypy.Application) -> None:
+    """Silence CherryPy's access line for ``app``: ``_ended`` writes a richer one."""
+    app.log.access = lambda: None
+
+
+def _status_code(status: Any) -> int:
+    try:
+        return int(str(status).split()[0])
+    except (ValueError, IndexError):
+        return 500
+
+
+def _write_access_line(request: Any, response: Any, route: str, status: int, seconds: float,
+                       code: str | None) -> None:
+    headers = response.headers
+    size = headers.get("Content-Length")
+    fields = {
+        "event": "access", "method": request.method, "path": request.path_info,
+        "query": request.query_string or None, "route": route, "status": status,
+        "duration_ms": round(seconds * 1000, 3),
+        "bytes": int(size) if str(size).isdigit() else None,
+        "client": request.remote.ip, "request_id": headers.get("X-Request-ID"),
+        "error": code,
+    }
+    # The text line is CherryPy's (Apache combined format) with the duration appended.
+    line = '%s - - %s "%s" %d %s "%s" "%s" %.1fms' % (
+        request.remote.ip or "-", cherrypy.log.time(),
+        str(request.request_line).replace('"', '\\"'), status, size or "-",
+        request.headers.get("Referer", ""), request.headers.get("User-Agent", ""),
+        seconds * 1000)
+    access_log.info(line, extra=fields)
+
+
+# -- routes ----------------------------------------------------------------------------------
+class ObservabilityRoutes:
+    """``/metrics`` and ``/openapi.json``, mixed into the root object."""
+
+    service_metrics: ServiceMetrics
+
+    def start_observing(self, plane: DataPlane) -> None:
+        """Count and log ``plane``'s predictions; called once by the root's ``__init__``."""
+        self.service_metrics = ServiceMetrics(plane.registry, lambda: plane.sinks)
+        plane.observers.append(self.service_metrics)
+        plane.sinks.append(PredictionLog())
+
+    @cherrypy.expose
+    def metrics(self) -> bytes:
+        require_method("GET")
+        cherrypy.response.headers["Content-Type"] = CONTENT_TYPE
+        return self.service_metrics.exposition()
+
+    @cherrypy.expose
+    def openapi_json(self) -> bytes:
+        """``/openapi.json`` (CherryPy's dispatcher maps the dot to an underscore)."""
+        require_method("GET")
+        cherrypy.response.headers["Content-Type"] = "application/json"
+        return openapi.document_bytes()

@@ -1,0 +1,363 @@
+"""The OpenAPI 3.1 description of every route, served at ``GET /openapi.json``.
+
+Written as Python rather than a JSON file so that what repeats (the predict body kinds, the
+error responses, the query options) is written once. Schemas are JSON Schema 2020-12, as
+OpenAPI 3.1 specifies; ``tests/web/test_openapi.py`` checks real responses against them.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+JSON = "application/json"
+HTML = "text/html"
+RAW_IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/tiff",
+                   "image/webp", "application/octet-stream")
+
+# Error codes by status: a response's ``error.code`` must be one of its status's codes.
+ERROR_CODES: dict[int, tuple[str, ...]] = {
+    400: ("invalid_json", "missing_image", "bad_instance", "bad_base64", "invalid_image",
+          "blank_image", "bad_parameter", "invalid_input", "bad_request"),
+    401: ("unauthorized",),
+    403: ("remote_path_disabled", "path_forbidden", "forbidden"),
+    404: ("not_found", "model_not_found", "index_not_found", "image_not_found"),
+    405: ("method_not_allowed",),
+    409: ("conflict", "reload_failed"),
+    413: ("body_too_large", "image_too_large", "batch_too_large"),
+    415: ("unsupported_media_type", "unsupported_image_format"),
+    500: ("internal_error",),
+    503: ("model_unavailable", "overloaded", "not_ready", "unavailable"),
+    504: ("deadline_exceeded",),
+}
+ERROR_WHEN = {
+    400: "Malformed JSON, missing or empty field, bad base64, undecodable or truncated image, "
+         "no ink, bad parameter.",
+    401: "Missing or wrong admin token.",
+    403: "Forbidden: path instances with no images_root or escaping it; admin routes off.",
+    404: "Unknown route, model, MNIST index or image path.",
+    405: "Wrong method; the Allow header lists the right ones.",
+    409: "The request clashes with the current state (a rejected model version).",
+    413: "Body over max_body_bytes, image over max_pixels, or more than max_batch_size images.",
+    415: "Content-Type not accepted, or an image format other than PNG, JPEG, GIF, BMP, TIFF, "
+         "WebP.",
+    500: "Unexpected server error (logged; no details are sent).",
+    503: "Model FAILED or loading, queue full, or not ready; Retry-After says when to retry.",
+    504: "No answer within request_timeout_s.",
+}
+PREDICT_ERRORS = (400, 403, 404, 405, 413, 415, 500, 503, 504)
+
+
+def ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def obj(required: tuple[str, ...] = (), **properties: Any) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = list(required)
+    return schema
+
+
+def array(items: dict[str, Any], **more: Any) -> dict[str, Any]:
+    return {"type": "array", "items": items, **more}
+
+
+INT, NUM, STR, BOOL = {"type": "integer"}, {"type": "number"}, {"type": "string"}, {"type": "boolean"}
+PROBABILITY = {"type": "number", "minimum": 0, "maximum": 1}
+BINARY = {"type": "string", "contentMediaType": "application/octet-stream"}
+
+
+def nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+# -- schemas -----------------------------------------------------------------------------------
+INSTANCE_OPTIONS = {
+    "x": {"type": "number", "description": "Crop centre, pixels of the original image "
+                                           "(give x and y together)."},
+    "y": {"type": "number", "description": "Crop centre, pixels of the original image."},
+    "crop": {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
+             "description": "Crop size as a fraction of the shorter side."},
+}
+B64 = {"type": "string", "description": "Standard or URL-safe base64, padded or not, or a "
+                                        "data:image/...;base64, URL."}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {**obj(("error",), error=obj(("code", "message"), code=STR, message=STR)),
+              "additionalProperties": False},
+    "Class": obj(("class", "label", "probability"), **{"class": INT}, label=STR,
+                 probability=PROBABILITY),
+    "Prediction": obj(("class", "label", "probability", "top_k"), **{"class": INT}, label=STR,
+                      probability=PROBABILITY, top_k=array(ref("Class"), minItems=1)),
+    "Timing": {**obj(("decode", "preprocess", "queue", "inference", "total")),
+               "additionalProperties": NUM,
+               "description": "Milliseconds: bytes to pixels, to model input, waiting for a "
+                              "session, session.run of the batch, and the whole handler."},
+    "ModelPrediction": obj(("model", "version", "request_id", "predictions", "timing_ms"),
+                           model=STR, version=INT, request_id=STR,
+                           predictions=array(ref("Prediction"), minItems=1),
+                           timing_ms=ref("Timing")),
+    "MultiPrediction": obj(("request_id", "results"), request_id=STR,
+                           results={"type": "object",
+                                    "additionalProperties": ref("ModelPrediction")}),
+    "PredictJson": {
+        "description": "One prediction per instance, in order; {\"image\": b64} is shorthand "
+                       "for one instance.",
+        "oneOf": [
+            obj(("instances",), instances=array(
+                {"oneOf": [obj(("b64",), b64=B64, **INSTANCE_OPTIONS),
+                           obj(("path",), path={"type": "string", "description":
+                               "A file inside images_root (relative, or absolute within)."},
+                               **INSTANCE_OPTIONS)]}, minItems=1),
+                top_k={"type": "integer", "minimum": 1}),
+            obj(("image",), image=B64, top_k={"type": "integer", "minimum": 1},
+                **INSTANCE_OPTIONS),
+        ],
+    },
+    "PredictForm": obj(("image",), image=BINARY, top_k=INT, **INSTANCE_OPTIONS),
+    "ModelInput": obj(("name", "shape", "dtype", "preprocess"), name=STR,
+                      shape=array(nullable(INT)), dtype=STR, preprocess=STR),
+    "ModelSummary": obj(("name", "version", "state"), name=STR, version=nullable(INT),
+                        state={"enum": ["LOADING", "AVAILABLE", "FAILED"]},
+                        input=ref("ModelInput"), labels=array(STR), accuracy=NUM, error=STR),
+    "ModelList": obj(("models",), models=array(ref("ModelSummary"))),
+    "ModelDetails": {"allOf": [ref("ModelSummary"), obj(
+        architecture=STR, created=STR, outputs={"type": "object"},
+        preprocess={"type": "object"}, per_class_accuracy=array(NUM), sha256=STR,
+        tf_version=STR, training={"type": "object"}, load_seconds=NUM,
+        layers=array(obj(("name", "op"), name=STR, op=STR, shape=nullable(array(nullable(INT))))),
+        pool=obj(pool_size=INT, max_batch_size=INT, batch_timeout_ms=NUM, queue_size=INT),
+        serving=nullable(INT), policy={"enum": ["latest", "pinned"]}, pinned=nullable(INT),
+        versions=array(INT), previous_version=nullable(INT),
+        last_reload_failure=nullable(obj(("version", "reason"), version=nullable(INT),
+                                         reason=STR, code=STR, at=STR)))]},
+    "ReloadRequest": obj(version={"type": "integer", "minimum": 1,
+                                  "description": "Serve and pin this version (a rollback); "
+                                                 "omit to serve the newest and follow it."}),
+    "ReloadResult": obj(("name", "version", "state"), name=STR, version=nullable(INT),
+                        state={"enum": ["LOADING", "AVAILABLE", "FAILED"]},
+                        previous_version=nullable(INT), policy={"enum": ["latest", "pinned"]},
+                        pinned=nullable(INT)),
+    "FeedbackRequest": {"oneOf": [
+        obj(("request_id", "label"), request_id=STR, label=STR, instance=INT),
+        obj(("request_id", "class"), request_id=STR, **{"class": INT}, instance=INT),
+    ], "description": "The true label of an earlier prediction (by its request_id); "
+                      "instance picks one image of a batch."},
+    "FeedbackResult": obj(("request_id", "label", "class", "updated"), request_id=STR,
+                          label=STR, **{"class": INT}, updated=INT),
+    "ServiceStatus": obj(("status", "models"), status={"enum": ["ok", "degraded"]},
+                         models={"type": "object", "additionalProperties": obj(
+                             ("state", "version"), state=STR, version=nullable(INT),
+                             error=STR, queue_depth=INT, busy_workers=INT, batches=INT,
+                             load_seconds=NUM)}),
+    "Alive": obj(("status",), status={"const": "alive"}),
+    "Ready": obj(("status",), status={"const": "ready"}),
+    "Recognized": obj(("digit", "probability"), digit=INT, probability=PROBABILITY),
+    "SeedClassification": obj(("prediction", "elapsed_time_ms", "debug"), prediction=INT,
+                              elapsed_time_ms=NUM,
+                              debug=obj(("probabilities",), probabilities=array(PROBABILITY))),
+    "SeedBatchClassification": obj(("responses",), responses=array(
+        obj(("class", "probability"), **{"class": INT}, probability=PROBABILITY))),
+    "SeedLabel": obj(("label",), label={"type": "integer", "minimum": 0, "maximum": 9}),
+}
+
+
+# -- responses and parameters ----------------------------------------------------------------
+def json_ok(schema: str, description: str) -> dict[str, Any]:
+    return {"200": {"description": description, "content": {JSON: {"schema": ref(schema)}}}}
+
+
+def error(status: int, codes: tuple[str, ...] | None = None, media: str = JSON) -> dict[str, Any]:
+    """The shared error shape, its code restricted to ``codes`` (default: the status's)."""
+    codes = codes or ERROR_CODES[status]
+    schema = {"allOf": [ref("Error")],
+              "properties": {"error": {"properties": {"code": {"enum": list(codes)}}}}}
+    content = {JSON: {"schema": schema}} if media == JSON else {HTML: {"schema": STR}}
+    return {str(status): {"description": f"{ERROR_WHEN[status]} Codes: {', '.join(codes)}.",
+                          "content": content}}
+
+
+def errors(*statuses: int, media: str = JSON) -> dict[str, Any]:
+    return {k: v for status in statuses for k, v in error(status, media=media).items()}
+
+
+def query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}
+
+
+def path_param(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema,
+            "description": description}
+
+
+OPTION_PARAMS = [
+    query("top_k", {"type": "integer", "minimum": 1}, "How many ranked classes (default 5)."),
+    query("x", NUM, "Crop centre x, pixels of the original image (raw bodies)."),
+    query("y", NUM, "Crop centre y, pixels of the original image (raw bodies)."),
+    query("crop", INSTANCE_OPTIONS["crop"], "Crop size, a fraction of the shorter side."),
+]
+MODEL_NAME = path_param("name", STR, "A served model, e.g. digits-cnn.")
+MNIST_INDEX = path_param("idx", {"type": "integer", "minimum": 0, "maximum": 9999},
+                         "An MNIST test image index.")
+ADMIN_TOKEN = [{"bearerToken": []}, {"adminToken": []}]
+
+
+def predict_body(json_schema: str = "PredictJson") -> dict[str, Any]:
+    """The three body kinds, chosen by Content-Type."""
+    content = {media: {"schema": BINARY} for media in RAW_IMAGE_TYPES}
+    content["multipart/form-data"] = {"schema": ref("PredictForm")}
+    content[JSON] = {"schema": ref(json_schema)}
+    return {"required": True, "content": content,
+            "description": "Raw image bytes (options in the query string; "
+                           "application/octet-stream is sniffed), a multipart form with a "
+                           "file field 'image', or JSON."}
+
+
+def operation(summary: str, responses: dict[str, Any], tag: str, **more: Any) -> dict[str, Any]:
+    return {"summary": summary, "tags": [tag], "responses": responses, **more}
+
+
+# -- paths -------------------------------------------------------------------------------------
+PATHS: dict[str, Any] = {
+    "/v1/models": {"get": operation(
+        "Served models: state, input, labels, accuracy.", {
+            **json_ok("ModelList", "Every configured model."), **errors(405, 500)}, "models")},
+    "/v1/models/{name}": {"parameters": [MODEL_NAME], "get": operation(
+        "One model's manifest-derived metadata, layers, pool settings and versions.", {
+            **json_ok("ModelDetails", "The model."), **errors(404, 405, 500)}, "models")},
+    "/v1/models/{name}/predict": {"parameters": [MODEL_NAME], "post": operation(
+        "Classify one or more images with one model.", {
+            **json_ok("ModelPrediction", "One prediction per image, in order; the "
+                                         "X-Request-ID header echoes request_id."),
+            **errors(*PREDICT_ERRORS)}, "predict", parameters=OPTION_PARAMS,
+        requestBody=predict_body())},
+    "/v1/models/{name}/reload": {"parameters": [MODEL_NAME], "post": operation(
+        "Admin: load the newest version (or pin {\"version\": N}, a rollback) beside the "
+        "serving one and swap it in once warmed and through the QA gate.", {
+            **json_ok("ReloadResult", "The model as it now serves."),
+            **error(400), **error(401), **error(403, ("forbidden", "admin_disabled")),
+            **error(404, ("model_not_found", "not_found")), **errors(405, 409, 500),
+            **error(503, ("model_unavailable", "unavailable"))}, "admin",
+        security=ADMIN_TOKEN,
+        requestBody={"required": False, "content": {JSON: {"schema": ref("ReloadRequest")}}})},
+    "/v1/predict": {"post": operation(
+        "The same images through every available model (or ?models=a,b), concurrently.", {
+            **json_ok("MultiPrediction", "Each model's prediction, by model name."),
+            **errors(*PREDICT_ERRORS)}, "predict",
+        parameters=[query("models", STR, "Comma-separated model names (default: every "
+                                         "available model)."), *OPTION_PARAMS],
+        requestBody=predict_body())},
+    "/v1/feedback": {"post": operation(
+        "Record the true label of an earlier prediction, for the next training run.", {
+            **json_ok("FeedbackResult", "The label was recorded on `updated` records."),
+            **error(400, (*ERROR_CODES[400], "bad_label")),
+            **error(404, ("request_not_found", "feedback_disabled", "not_found")),
+            **errors(405, 413, 415, 500),
+            **error(503, ("labels_unavailable", "inputlog_unavailable"))}, "feedback",
+        requestBody={"required": True, "content": {JSON: {"schema": ref("FeedbackRequest")}}})},
+    "/status": {"get": operation(
+        "ok, or degraded when a configured model FAILED; per-model state and queue.", {
+            **json_ok("ServiceStatus", "The service's state."), **errors(405, 500)}, "health")},
+    "/healthz": {"get": operation("Liveness: 200 while the process runs.", {
+        **json_ok("Alive", "Alive."), **errors(405, 500)}, "health")},
+    "/readyz": {"get": operation(
+        "Readiness: 200 once every configured model is loaded and warmed.", {
+            **json_ok("Ready", "Ready."), **error(503, ("not_ready",)), **errors(405, 500)},
+        "health")},
+    "/metrics": {"get": operation("Prometheus metrics (text exposition format 0.0.4).", {
+        "200": {"description": "Metrics prefixed digits_.",
+                "content": {"text/plain": {"schema": STR}}}, **errors(405, 500)},
+        "operations")},
+    "/openapi.json": {"get": operation("This document.", {
+        "200": {"description": "OpenAPI 3.1.", "content": {JSON: {"schema": {
+            "type": "object", "required": ["openapi", "paths"]}}}}, **errors(405, 500)},
+        "operations")},
+    "/recognize": {"post": operation(
+        "Seed-compatible: {\"image\": b64} -> {\"digit\", \"probability\"} (default model).", {
+            **json_ok("Recognized", "The best class."), **errors(*PREDICT_ERRORS)}, "seed",
+        requestBody=predict_body())},
+    "/mnist/classify": {"post": operation(
+        "Seed-compatible: a raw image (or form), or JSON {\"requests\": [{\"image\": b64}]}.", {
+            "200": {"description": "One image: its class and every probability; JSON "
+                                   "requests: one class per request.",
+                    "content": {JSON: {"schema": {"oneOf": [
+                        ref("SeedClassification"), ref("SeedBatchClassification")]}}}},
+            **errors(*PREDICT_ERRORS)}, "seed",
+        requestBody={**predict_body(), "content": {
+            **predict_body()["content"], JSON: {"schema": obj(("requests",), requests=array(
+                obj(("image",), image=B64), minItems=1))}}})},
+    "/mnist/classify/{idx}": {"parameters": [MNIST_INDEX], "get": operation(
+        "Seed-compatible: classify MNIST test image idx.", {
+            **json_ok("SeedClassification", "Its class and every probability."),
+            **error(404, ("index_not_found", "not_found")), **errors(405, 500, 503, 504)},
+        "seed")},
+    "/mnist/image/{idx}": {"parameters": [MNIST_INDEX], "get": operation(
+        "Seed-compatible: MNIST test image idx as JPEG (or ?format=png).", {
+            "200": {"description": "The 28x28 image.",
+                    "content": {"image/jpeg": {"schema": BINARY},
+                                "image/png": {"schema": BINARY}}},
+            **error(400, ("bad_parameter",)), **error(404, ("index_not_found", "not_found")),
+            **errors(405, 500)}, "seed",
+        parameters=[query("format", {"enum": ["jpeg", "jpg", "png"]}, "Image format.")])},
+    "/mnist/label/{idx}": {"parameters": [MNIST_INDEX], "get": operation(
+        "Seed-compatible: the label of MNIST test image idx.", {
+            **json_ok("SeedLabel", "The label."),
+            **error(404, ("index_not_found", "not_found")), **errors(405, 500)}, "seed")},
+    "/": {"get": operation("The upload form (HTML); posts to /result.", {
+        "200": {"description": "The form.", "content": {HTML: {"schema": STR}}},
+        **errors(405, 500)}, "html")},
+    "/result": {"post": operation(
+        "The form's result page (HTML); with X-Requested-With: fetch, only the results "
+        "fragment. Errors are HTML pages with the error's status.", {
+            "200": {"description": "The results.", "content": {HTML: {"schema": STR}}},
+            **errors(400, 403, 404, 405, 413, 415, 500, 503, 504, media=HTML)}, "html",
+        requestBody={"required": True, "content": {"multipart/form-data": {"schema": obj(
+            ("image",), image=BINARY, model={"type": "string", "description":
+                                             "A model name, or 'all'."},
+            x=NUM, y=NUM)}}})},
+    "/feedback_form": {"post": operation(
+        "The result page's \"Correct?\" buttons without JavaScript: record the label of a "
+        "prediction (as POST /v1/feedback), then a thank-you page (HTML).", {
+            "200": {"description": "Thanks.", "content": {HTML: {"schema": STR}}},
+            **errors(400, 404, 405, 413, 415, 500, 503, media=HTML)}, "html",
+        requestBody={"required": True, "content": {
+            "application/x-www-form-urlencoded": {"schema": obj(
+                ("request_id",), request_id=STR,
+                label={"type": "string", "description": "\"Yes\": the predicted label."},
+                correction={"type": "string", "description": "The label chosen instead."})}}})},
+    "/static/{file}": {"parameters": [path_param("file", STR, "app.js or style.css.")],
+                       "get": operation("The form's script and style sheet.", {
+                           "200": {"description": "The file.",
+                                   "content": {"text/css": {"schema": STR},
+                                               "text/javascript": {"schema": STR}}},
+                           **error(404, ("not_found",)), **errors(405, 500)}, "html")},
+}
+
+DESCRIPTION = """Send an image with one handwritten digit; get back which digit it is, with
+probabilities. Predict routes take raw image bytes, a multipart form or JSON, chosen by
+Content-Type. Every error has the same shape, `{"error": {"code", "message"}}`, and an HTTP
+status that says whose fault it was."""
+
+
+@functools.lru_cache(maxsize=1)
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "digits", "version": "1", "description": DESCRIPTION},
+        "paths": PATHS,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "bearerToken": {"type": "http", "scheme": "bearer",
+                                "description": "Authorization: Bearer <[service] admin_token>"},
+                "adminToken": {"type": "apiKey", "in": "header", "name": "X-Admin-Token"},
+            },
+        },
+    }
+
+
+@functools.lru_cache(maxsize=1)
+def document_bytes() -> bytes:
+    return json.dumps(document(), separators=(",", ":")).encode()

@@ -1,0 +1,62 @@
+"""Helpers for the input log tests: predictions as the data plane hands them to a sink."""
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import numpy as np
+
+from service.dataplane import Instance, ModelResult, Prediction, RequestContext
+from service.inputlog_db import DB_NAME
+
+LABELS = [str(i) for i in range(10)]
+
+
+def labels_for(model: str) -> list[str]:
+    return LABELS
+
+
+def model_result(model: str = "digits-cnn", count: int = 1, class_id: int = 7) -> ModelResult:
+    """What a model answered for ``count`` instances (every one read as ``class_id``)."""
+    row = np.full(10, 0.01)
+    row[class_id] = 0.91
+    top = [(class_id, LABELS[class_id], 0.91), ((class_id + 1) % 10, LABELS[(class_id + 1) % 10], 0.01)]
+    predictions = [Prediction(class_id, LABELS[class_id], 0.91, top, row) for _ in range(count)]
+    return ModelResult(model, 1, predictions, np.zeros((count, 28, 28), np.float32),
+                       {"total": 2.5})
+
+
+def record(log, images: list[bytes], request_id: str, class_id: int = 7,
+           models: tuple[str, ...] = ("digits-cnn",)) -> RequestContext:
+    context = RequestContext(request_id=request_id, route="/test", client="127.0.0.1")
+    results = {m: model_result(m, len(images), class_id) for m in models}
+    log.record(context, [Instance(data) for data in images], results)
+    return context
+
+
+def query(directory: Path, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+    conn = sqlite3.connect(Path(directory) / DB_NAME)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+def stored_files(directory: Path) -> list[Path]:
+    """Every file under ``images/``, temp files included."""
+    root = Path(directory) / "images"
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def stop_when_started(proc, timeout: float = 15.0) -> int:
+    """Stop ``proc`` once CherryPy's bus has STARTED, and return its exit code.
+
+    /readyz can answer while the HTTP server's start listener is still returning; a SIGTERM
+    then makes CherryPy exit 70 ("exit() called before start() finished") after a full stop.
+    """
+    deadline = time.monotonic() + timeout
+    while "Bus STARTED" not in proc.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return proc.stop()
