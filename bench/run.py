@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Measure the digits service on this machine; rewrite bench/RESULTS.md and bench/results.json.
 
-    make bench                                  # the full run, about 4-5 minutes
+    make bench                                  # the full run, about 4 minutes
     .venv/bin/python bench/run.py --quick       # a ~1 minute smoke run (written to a temp dir)
 
 Model layer (in this process, the CNN frozen graph loaded the way the server loads it):
@@ -55,7 +55,10 @@ LOOPBACK = "127.0.0.1"  # the only address this benchmark ever talks to
 CLIENTS = 32
 RAW_BATCHES = (1, 32, 256)
 JSON_BATCH = 256
+PYTHON_LOAD_START_S = 3.0  # the fallback load generator's clients start this long after launch
 BUSY_CPU_PERCENT = 15.0  # CPU use by others at start above which RESULTS.md warns
+INTERFERENCE_PERCENT = 5.0  # ... and during a section
+DRIFT_PERCENT = 15.0  # ceiling re-checked at the end this far off (a): RESULTS.md warns
 STARTED = time.monotonic()
 
 
@@ -69,21 +72,22 @@ class Plan:
 
     raw_seconds: float = 5.0         # (a) per batch size
     pool_warmup: float = 1.0         # (b) per configuration, not counted
-    pool_seconds: float = 10.0       # (b) per configuration
+    pool_seconds: float = 15.0       # (b) per configuration
     png_runs: int = 5000             # (c)
     photo_runs: int = 300            # (c)
     latency_requests: int = 2000     # (d)
     http_warmup: int = 200           # (d) requests, and (e) a wrk/Python warm-up of 2 s
-    load_seconds: float = 20.0       # (e)
-    load_max_requests: int = 100_000 # (e) bound on the request count
-    batch_seconds: float = 15.0      # (f) per client count
+    load_seconds: float = 30.0       # (e)
+    load_max_requests: int = 100_000  # (e) bound on the request count
+    observe_seconds: float = 8.0     # (e) extra run that reads the server's timing_ms under load
+    batch_seconds: float = 20.0      # (f) per client count
     batch_min_requests: int = 5      # (f)
 
 
 FULL = Plan()
 QUICK = Plan(raw_seconds=1.0, pool_warmup=0.3, pool_seconds=2.0, png_runs=500, photo_runs=30,
              latency_requests=200, http_warmup=20, load_seconds=3.0, load_max_requests=10_000,
-             batch_seconds=3.0, batch_min_requests=2)
+             observe_seconds=3.0, batch_seconds=3.0, batch_min_requests=2)
 
 
 @dataclass
@@ -106,6 +110,12 @@ class Results:
     http_latency: dict[str, Any] = field(default_factory=dict)     # (d)
     http_load: dict[str, Any] = field(default_factory=dict)        # (e)
     http_batch: dict[str, dict] = field(default_factory=dict)      # (f) by client count
+    # Per section: % of the machine's CPU used by processes other than the benchmark, its
+    # server and its load generator -- a check that the numbers were not depressed.
+    interference: dict[str, float] = field(default_factory=dict)
+    # The raw batch-256 ceiling measured again after the last section: how much the machine's
+    # speed drifted during the run (this VM's CPU capacity varies with load on its host).
+    ceiling_recheck: dict[str, Any] = field(default_factory=dict)
     targets: list[Target] = field(default_factory=list)
 
 
@@ -168,6 +178,24 @@ def git_commit() -> str:
 BUSY_MARKERS = ("service train", "fulltrain", "pytest")
 
 
+def wait_for_idle(limit: float, settle: float = 20.0) -> None:
+    """Wait until no busy process is seen and the CPU stays idle for ``settle`` seconds."""
+    deadline = time.monotonic() + limit
+    idle_since = None
+    while time.monotonic() < deadline:
+        load = background_load()
+        if load["busy_processes"] or load["cpu_busy_percent_before"] > BUSY_CPU_PERCENT:
+            idle_since = None
+            log(f"waiting for an idle machine ({load['cpu_busy_percent_before']}% CPU busy, "
+                f"{len(load['busy_processes'])} busy processes)")
+            time.sleep(10)
+        elif idle_since is None:
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since >= settle:
+            return
+    log(f"the machine did not become idle within {limit:.0f} s; measuring anyway")
+
+
 def cpu_busy_percent(seconds: float = 1.0) -> float:
     """How busy all cores were over ``seconds`` (from /proc/stat), before we start any work."""
     def sample() -> tuple[int, int]:
@@ -195,6 +223,39 @@ def background_load() -> dict[str, Any]:
             busy.append(cmd.strip()[:120])
     return {"busy_processes": busy, "cpu_busy_percent_before": cpu_busy_percent(),
             "loadavg_1m": round(os.getloadavg()[0], 2)}
+
+
+def system_cpu_seconds() -> float:
+    """CPU-seconds all cores have been busy since boot (from /proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(values[:8]) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMonitor:
+    """Measures the CPU that other processes used while a section ran (% of the machine)."""
+
+    def __init__(self, results: Results, section: str, server: "BenchServer | None" = None):
+        self.results, self.section, self.server = results, section, server
+
+    def own_cpu_seconds(self) -> float:
+        times = os.times()  # children: wrk and the fallback clients, once they have exited
+        own = times.user + times.system + times.children_user + times.children_system
+        if self.server is not None and self.server.proc is not None and self.server.proc.poll() is None:
+            own += self.server.cpu_seconds()
+        return own
+
+    def __enter__(self) -> "CpuMonitor":
+        self.start = (time.monotonic(), system_cpu_seconds(), self.own_cpu_seconds())
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        wall0, system0, own0 = self.start
+        wall = time.monotonic() - wall0
+        foreign = (system_cpu_seconds() - system0) - (self.own_cpu_seconds() - own0)
+        percent = round(max(0.0, 100 * foreign / (wall * (os.cpu_count() or 1))), 1)
+        self.percent = percent
+        if percent > INTERFERENCE_PERCENT:
+            log(f"WARNING: other processes used {percent}% of the CPU during ({self.section})")
 
 
 @dataclass(frozen=True)
@@ -240,7 +301,8 @@ def mnist_inputs(count: int, input_shape: tuple[int, ...]):
 # (a) raw session.run
 
 
-def measure_raw_session(graph: GraphInfo, seconds: float) -> dict[str, dict]:
+def measure_raw_session(graph: GraphInfo, seconds: float,
+                        batches: tuple[int, ...] = RAW_BATCHES) -> dict[str, dict]:
     """Images/s of plain ``session.run`` on this thread, one batch size after another."""
     import tensorflow as tf
 
@@ -257,7 +319,7 @@ def measure_raw_session(graph: GraphInfo, seconds: float) -> dict[str, dict]:
     with tf.compat.v1.Session(graph=tf_graph, config=config) as session:
         feed_tensor = tf_graph.get_tensor_by_name(graph.input_name)
         fetch_tensor = tf_graph.get_tensor_by_name(graph.output_name)
-        for batch in RAW_BATCHES:
+        for batch in batches:
             feed = {feed_tensor: images[:batch]}
             warm_until = time.perf_counter() + min(1.0, seconds / 4)
             while time.perf_counter() < warm_until:  # warm-up, at least one run
@@ -282,11 +344,26 @@ def measure_raw_session(graph: GraphInfo, seconds: float) -> dict[str, dict]:
 # (b) SessionPool with many single-image submitters
 
 
-POOL_CONFIGS = {  # label -> PoolSettings keyword arguments
-    "batching on, timeout 0 ms": {"max_batch_size": 256, "batch_timeout_ms": 0.0},
-    "batching on, timeout 2 ms": {"max_batch_size": 256, "batch_timeout_ms": 2.0},
-    "batching off (max_batch_size 1)": {"max_batch_size": 1},
-}
+BATCHING_OFF = "batching off (max_batch_size 1)"
+
+
+def pool_configs() -> dict[str, dict[str, Any]]:
+    """label -> PoolSettings keyword arguments; the pool's own default timeout too, if different."""
+    from service.models.session_pool import PoolSettings
+
+    configs: dict[str, dict[str, Any]] = {
+        "batching on, timeout 0 ms": {"max_batch_size": 256, "batch_timeout_ms": 0.0},
+        "batching on, timeout 2 ms": {"max_batch_size": 256, "batch_timeout_ms": 2.0},
+    }
+    default = PoolSettings()
+    if default.batch_timeout_ms not in (0.0, 2.0) or default.max_batch_size != 256:
+        configs[f"batching on, pool defaults (timeout {default.batch_timeout_ms:g} ms, "
+                f"max batch {default.max_batch_size})"] = {}
+    configs[BATCHING_OFF] = {"max_batch_size": 1}
+    return configs
+
+
+POOL_WINDOWS = 5
 
 
 def measure_pool(graph: GraphInfo, label: str, options: dict[str, Any], warmup: float,
@@ -317,8 +394,13 @@ def measure_pool(graph: GraphInfo, label: str, options: dict[str, Any], warmup: 
             worker.start()
         time.sleep(warmup)
         done0, batches0, t0 = sum(counts), dict(model.pool.stats.batch_sizes), time.perf_counter()
-        time.sleep(seconds)
-        done1, batches1, t1 = sum(counts), dict(model.pool.stats.batch_sizes), time.perf_counter()
+        window_rates, last_done, last_t = [], done0, t0
+        for _ in range(POOL_WINDOWS):  # sub-windows show how steady the rate was
+            time.sleep(seconds / POOL_WINDOWS)
+            done, now = sum(counts), time.perf_counter()
+            window_rates.append((done - last_done) / (now - last_t))
+            last_done, last_t = done, now
+        done1, batches1, t1 = last_done, dict(model.pool.stats.batch_sizes), last_t
     finally:
         stop.set()
         for worker in workers:
@@ -331,8 +413,10 @@ def measure_pool(graph: GraphInfo, label: str, options: dict[str, Any], warmup: 
               "intra_op_threads": settings.threads_per_session(), "session_runs": runs,
               "mean_batch_size": round(rows / runs, 2) if runs else 0.0,
               "max_batch_size_seen": max(batches) if batches else 0,
+              "window_images_per_s": [round(w, 1) for w in window_rates],
               "errors": [repr(e) for e in errors[:3]], "error_count": len(errors)}
-    log(f"(b) pool, {label}: {result['images_per_s']:9.1f} images/s, "
+    log(f"(b) pool, {label}: {result['images_per_s']:9.1f} images/s "
+        f"({min(window_rates):.0f}-{max(window_rates):.0f} over {POOL_WINDOWS} windows), "
         f"mean batch {result['mean_batch_size']}" + (f", {len(errors)} ERRORS" if errors else ""))
     return result
 
@@ -370,6 +454,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def var_paths_moved_to(directory: Path) -> dict[str, dict[str, str]]:
+    """Config values that move every default path under the repo's var/ (input log, model
+    cache...) into ``directory``, so a benchmark leaves nothing behind in the work tree."""
+    import dataclasses
+
+    from service import config
+
+    var = config.REPO_ROOT / "var"
+    sections = {"service": config.ServiceSettings, **getattr(config, "SECTIONS", {})}
+    moved: dict[str, dict[str, str]] = {}
+    for name, cls in sections.items():
+        for spec in dataclasses.fields(cls):
+            default = spec.default
+            if isinstance(default, Path) and default.is_relative_to(var):
+                moved.setdefault(name, {})[spec.name] = str(directory / default.relative_to(var))
+    return moved
+
+
 class BenchServer:
     """``python -m service serve`` in a subprocess, serving only the CNN from ``graphs_dir``."""
 
@@ -377,10 +479,15 @@ class BenchServer:
         self.port = free_port()
         self.config_path = workdir / "bench-service.conf"
         self.log_path = workdir / "bench-server.log"
-        self.config_path.write_text(
-            f'[global]\nserver.socket_host = "{LOOPBACK}"\n\n'
-            f'[service]\nmodels = ["{MODEL}"]\ngraphs_dir = "{graph.graphs_dir.resolve()}"\n\n'
-            f'[model:{MODEL}]\nversion = {graph.version}\n')
+        sections = {"global": {"server.socket_host": LOOPBACK},
+                    "service": {"models": [MODEL], "graphs_dir": str(graph.graphs_dir.resolve())},
+                    f"model:{MODEL}": {"version": graph.version}}
+        for name, values in var_paths_moved_to(workdir / "var").items():
+            sections.setdefault(name, {}).update(values)
+        self.config_text = "".join(
+            f"[{name}]\n" + "".join(f"{key} = {value!r}\n" for key, value in values.items()) + "\n"
+            for name, values in sections.items()).replace("'", '"')
+        self.config_path.write_text(self.config_text)
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 180.0) -> "BenchServer":
@@ -479,11 +586,12 @@ def measure_http_latency(server: BenchServer, body: bytes, requests: int, warmup
 # (e) 32 clients, throughput
 
 
-def run_wrk(server: BenchServer, body_file: Path, seconds: float, max_requests: int) -> dict[str, Any]:
-    threads = max(1, min(CLIENTS, os.cpu_count() or 1))
+def run_wrk(server: BenchServer, body_file: Path, seconds: float, max_requests: int,
+            clients: int = CLIENTS) -> dict[str, Any]:
+    threads = max(1, min(clients, os.cpu_count() or 1))
     env = {**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_CONTENT_TYPE": "image/png",
            "BENCH_MAX_PER_THREAD": str(math.ceil(max_requests / threads))}
-    command = [shutil.which("wrk"), "-t", str(threads), "-c", str(CLIENTS),
+    command = [shutil.which("wrk"), "-t", str(threads), "-c", str(clients),
                "-d", f"{max(1, round(seconds))}s", "--latency", "--timeout", "10s",
                "-s", str(WRK_SCRIPT), server.url + PREDICT_PATH]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=seconds + 120)
@@ -532,11 +640,11 @@ def _load_client_process(port: int, body: bytes, content_type: str, threads: int
 
 
 def run_python_load(server: BenchServer, body: bytes, seconds: float, max_requests: int,
-                    processes: int = 4) -> dict[str, Any]:
-    """Fallback when wrk is missing: ``processes`` x (CLIENTS / processes) http.client threads."""
-    threads = math.ceil(CLIENTS / processes)
+                    processes: int = 4, clients: int = CLIENTS) -> dict[str, Any]:
+    """Fallback when wrk is missing: ``processes`` x (clients / processes) http.client threads."""
+    threads = max(1, clients // processes)
     cap = math.ceil(max_requests / (threads * processes))
-    start_at = time.time() + 3.0  # time for the spawned processes to start
+    start_at = time.time() + PYTHON_LOAD_START_S  # time for the spawned processes to start
     stop_at = start_at + seconds
     context = multiprocessing.get_context("spawn")  # never fork a process that imported TF
     with context.Pool(processes) as pool:
@@ -550,11 +658,33 @@ def run_python_load(server: BenchServer, body: bytes, seconds: float, max_reques
             "processes": processes, "threads_per_process": threads}
 
 
+def observe_under_load(server: BenchServer, body: bytes, seconds: float, generate,
+                       lead: float) -> dict[str, Any]:
+    """The server's own timing_ms under load: the generator runs ``CLIENTS - 1`` clients while
+    one more client here posts the same image and reads the responses. ``lead``: seconds the
+    generator needs before its clients run."""
+    background = threading.Thread(target=generate, args=(seconds + 1.0, CLIENTS - 1))
+    background.start()
+    time.sleep(lead)
+    conn, durations, timings = server.connection(), [], []
+    deadline = time.perf_counter() + seconds - 1.0
+    while time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        status, data, _ = post(conn, body, "image/png")
+        durations.append(time.perf_counter() - t0)
+        if status == 200:
+            timings.append(json.loads(data)["timing_ms"])
+    conn.close()
+    background.join()
+    return {"probe_requests": len(durations), "probe_p50_ms": percentiles(durations).get("p50_ms"),
+            "server_timing_ms_median": median_timing(timings)}
+
+
 def measure_http_load(server: BenchServer, plan: Plan, body: bytes, generator: str) -> dict[str, Any]:
-    def run(seconds: float, max_requests: int) -> dict[str, Any]:
+    def run(seconds: float, max_requests: int, clients: int = CLIENTS) -> dict[str, Any]:
         if generator == "wrk":
-            return run_wrk(server, PNG_FIXTURE, seconds, max_requests)
-        return run_python_load(server, body, seconds, max_requests)
+            return run_wrk(server, PNG_FIXTURE, seconds, max_requests, clients)
+        return run_python_load(server, body, seconds, max_requests, clients=clients)
 
     run(2.0, plan.load_max_requests)  # warm-up: connections, thread pool, caches
     batches0, cpu0 = server.batches_run(), server.cpu_seconds()
@@ -571,6 +701,12 @@ def measure_http_load(server: BenchServer, plan: Plan, body: bytes, generator: s
     log(f"(e) {CLIENTS} clients ({generator}): {result['requests_per_s']:.1f} req/s, "
         f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, {result['non200']} non-200, "
         f"server CPU {result['server_cpu_percent']}%, mean batch {result['server_mean_batch_size']}")
+    result["observed"] = observe_under_load(
+        server, body, plan.observe_seconds,
+        lambda seconds, clients: run(seconds, plan.load_max_requests, clients),
+        lead=1.0 if generator == "wrk" else PYTHON_LOAD_START_S + 1.0)
+    log(f"(e) observed under load: client p50 {result['observed']['probe_p50_ms']} ms, "
+        f"server timing_ms {result['observed']['server_timing_ms_median']}")
     return result
 
 
@@ -637,6 +773,65 @@ def measure_http_batch(server: BenchServer, payload: bytes, clients: int, second
     return result
 
 
+@dataclass
+class Runner:
+    """Runs each section under a CpuMonitor. A section that other processes disturbed is
+    measured again (``retries`` times at most, after waiting up to ``wait_idle`` s for an idle
+    machine); the least disturbed attempt is kept."""
+
+    results: Results
+    only: set[str]
+    retries: int = 0
+    wait_idle: float = 0.0
+
+    def section(self, key: str, field_name: str, measure, server: BenchServer | None = None) -> None:
+        """Store ``measure()`` in ``results.<field_name>``."""
+        if key not in self.only:
+            return
+        best: tuple[float, Any] | None = None
+        for attempt in range(self.retries + 1):
+            with CpuMonitor(self.results, key, server) as monitor:
+                value = measure()
+            if best is None or monitor.percent < best[0]:
+                best = (monitor.percent, value)
+            if monitor.percent <= INTERFERENCE_PERCENT or attempt == self.retries:
+                break
+            log(f"({key}) was disturbed; measuring it again (retry {attempt + 1} of {self.retries})")
+            if self.wait_idle:
+                wait_for_idle(self.wait_idle)
+        self.results.interference[key], value = best
+        setattr(self.results, field_name, value)
+
+
+def ceiling_drift(r: Results) -> float | None:
+    """% by which the re-checked ceiling differs from (a)'s."""
+    first = r.raw_session.get("256", {}).get("images_per_s")
+    again = r.ceiling_recheck.get("images_per_s")
+    return 100 * (again / first - 1) if first and again else None
+
+
+def measure_model_layer(run: Runner, graph: GraphInfo, plan: Plan) -> None:
+    run.section("a", "raw_session", lambda: measure_raw_session(graph, plan.raw_seconds))
+    run.section("b", "pool", lambda: {
+        label: measure_pool(graph, label, options, plan.pool_warmup, plan.pool_seconds)
+        for label, options in pool_configs().items()})
+    run.section("c", "preprocess", lambda: {
+        path.name: measure_preprocess(path, runs)
+        for path, runs in ((PNG_FIXTURE, plan.png_runs), (PHOTO_FIXTURE, plan.photo_runs))})
+
+
+def measure_http(run: Runner, server: BenchServer, plan: Plan, generator: str) -> None:
+    png = PNG_FIXTURE.read_bytes()
+    payload = batch_payload()
+    run.section("d", "http_latency", lambda: measure_http_latency(
+        server, png, plan.latency_requests, plan.http_warmup), server)
+    run.section("e", "http_load", lambda: measure_http_load(server, plan, png, generator), server)
+    run.section("f", "http_batch", lambda: {
+        str(clients): measure_http_batch(server, payload, clients, plan.batch_seconds,
+                                         plan.batch_min_requests)
+        for clients in (1, 2)}, server)
+
+
 # ---------------------------------------------------------------------------------------------
 # Targets
 
@@ -653,9 +848,11 @@ def judge(results: Results) -> list[Target]:
                               round(required, 3), unit, met))
 
     ceiling = results.raw_session.get("256", {}).get("images_per_s")
-    off = results.pool.get("batching off (max_batch_size 1)", {}).get("images_per_s")
-    for label in ("batching on, timeout 0 ms", "batching on, timeout 2 ms"):
-        on = results.pool.get(label, {}).get("images_per_s")
+    off = results.pool.get(BATCHING_OFF, {}).get("images_per_s")
+    for label, measured in results.pool.items():
+        if label == BATCHING_OFF:
+            continue
+        on = measured["images_per_s"]
         add("b", f"pool {label} >= 3x batching off", on, off and 3 * off, "images/s")
         add("b", f"pool {label} >= 50% of raw batch-256 ceiling", on, ceiling and 0.5 * ceiling,
             "images/s")
@@ -695,12 +892,18 @@ def table_rows(r: Results) -> list[tuple[str, str, str, str]]:
         rows.append(("a", f"raw session.run, batch {batch}", f"{fmt(m['images_per_s'])} images/s",
                      f"{fmt(m['ms_per_run_p50'], 3)} ms/run p50, {m['runs']} runs, "
                      f"{m['intra_op_threads']} intra-op threads"))
+    if r.ceiling_recheck:
+        m = r.ceiling_recheck
+        rows.append(("a", "raw session.run, batch 256, again at the end", f"{fmt(m['images_per_s'])} images/s",
+                     f"{ceiling_drift(r):+.1f}% vs (a): drift of the machine's speed during the run"))
     for label, m in r.pool.items():
         errors = f", {m['error_count']} errors" if m["error_count"] else ""
         rows.append(("b", f"SessionPool, {CLIENTS} submitters, {label}",
                      f"{fmt(m['images_per_s'])} images/s",
                      f"mean batch {m['mean_batch_size']}, max {m['max_batch_size_seen']}, "
-                     f"{m['session_runs']} session runs{errors}"))
+                     f"{m['session_runs']} session runs; {POOL_WINDOWS} windows "
+                     f"{fmt(min(m['window_images_per_s']), 0)}-{fmt(max(m['window_images_per_s']), 0)} "
+                     f"images/s{errors}"))
     rows += ratio_rows(r)
     for name, m in r.preprocess.items():
         rows.append(("c", f"preprocess {name} ({fmt(m['bytes'])} bytes)",
@@ -726,6 +929,12 @@ def table_rows(r: Results) -> list[tuple[str, str, str, str]]:
         rows.append(("e", "  server during load", f"{fmt(m['server_cpu_percent'])}% CPU",
                      f"mean batch size {m['server_mean_batch_size']}; load generator "
                      f"{fmt(m['generator_cpu_percent'])}% CPU"))
+        if m.get("observed"):
+            o = m["observed"]
+            rows.append(("e", "  server timing_ms under load (median)",
+                         timing_text(o["server_timing_ms_median"]),
+                         f"separate run: {CLIENTS - 1} load clients + 1 client reading responses "
+                         f"({o['probe_requests']} requests, p50 {fmt(o['probe_p50_ms'], 2)} ms)"))
     for clients, m in r.http_batch.items():
         rows.append(("f", f"HTTP JSON x{JSON_BATCH} b64 PNG, {clients} client(s)",
                      f"{fmt(m['images_per_s'])} images/s",
@@ -745,7 +954,7 @@ def ratio_rows(r: Results) -> list[tuple[str, str, str, str]]:
     rows = []
     ceiling = r.raw_session.get("256", {}).get("images_per_s")
     raw32 = r.raw_session.get("32", {}).get("images_per_s")
-    off = r.pool.get("batching off (max_batch_size 1)", {}).get("images_per_s")
+    off = r.pool.get(BATCHING_OFF, {}).get("images_per_s")
     for label, m in r.pool.items():
         if label.startswith("batching on"):
             parts = []
@@ -771,7 +980,7 @@ def where_time_goes(r: Results) -> list[str]:
     raw1 = r.raw_session.get("1", {}).get("images_per_s")
     if "b" in missed and r.pool:
         on = r.pool.get("batching on, timeout 0 ms", {})
-        off = r.pool.get("batching off (max_batch_size 1)", {})
+        off = r.pool.get(BATCHING_OFF, {})
         notes.append(
             f"(b) With batching on, the pool merged {on.get('mean_batch_size')} images per "
             f"session.run on average; batching off runs one image per call "
@@ -797,15 +1006,23 @@ def where_time_goes(r: Results) -> list[str]:
             f"on this machine) at {fmt(m['requests_per_s'])} req/s, i.e. "
             f"{fmt(m['server_cpu_percent'] * 10 / max(m['requests_per_s'], 1), 2)} ms of CPU per request; "
             f"the load generator used {fmt(m['generator_cpu_percent'])}%. Mean model batch under this "
-            f"load was {m['server_mean_batch_size']}.")
+            f"load was {m['server_mean_batch_size']}."
+            + (f" Under the same load the handler's own timing_ms total was "
+               f"{m['observed']['server_timing_ms_median'].get('total')} ms of a "
+               f"{m['observed']['probe_p50_ms']} ms client p50: the rest is spent in CherryPy/cheroot "
+               "outside the handler (waiting for a worker thread and the GIL)."
+               if m.get("observed") else ""))
     if "f" in missed and r.http_batch.get("1"):
         m = r.http_batch["1"]
         t = m["server_timing_ms_median"]
         notes.append(
             f"(f) One {JSON_BATCH}-image request takes {fmt(m['p50_ms'])} ms at the client; the "
             f"server reports {timing_text(t)} ms. Raw session.run at batch {JSON_BATCH} needs "
-            f"{fmt(r.raw_session.get('256', {}).get('ms_per_run_p50'), 3)} ms, so the rest is "
-            "per-image decode/preprocess in Python plus JSON and base64 handling.")
+            f"{fmt(r.raw_session.get('256', {}).get('ms_per_run_p50'), 3)} ms. Decode + preprocess "
+            f"cost {fmt((t.get('decode', 0) + t.get('preprocess', 0)) * 1000 / JSON_BATCH, 0)} us per "
+            f"image, one image after another in the request thread, and "
+            f"{fmt(m['p50_ms'] - t.get('total', 0))} ms per request is outside the handler "
+            "(JSON parsing, base64, response encoding, HTTP).")
     if ceiling is None:
         notes.append("The raw ceiling (a) was not measured in this run, so ratio targets were skipped.")
     return notes
@@ -824,6 +1041,12 @@ def write_markdown(r: Results, path: Path, notes_file: Path) -> None:
         lines += [f"**Warning: the machine was not idle when this run started "
                   f"({background['cpu_busy_percent_before']}% CPU busy); numbers are depressed.** "
                   + "; ".join(f"`{c}`" for c in background["busy_processes"]), ""]
+    disturbed = {k: v for k, v in r.interference.items() if v > INTERFERENCE_PERCENT}
+    drift = ceiling_drift(r)
+    if drift is not None and abs(drift) > DRIFT_PERCENT:
+        lines += [f"**Warning: the raw batch-256 ceiling measured again at the end of the run was "
+                  f"{drift:+.0f}% off the one from (a): the machine's speed drifted during the run, "
+                  "so ratios between sections are less reliable.**", ""]
     m = env["machine"]
     lines += [
         "## Run", "",
@@ -833,6 +1056,8 @@ def write_markdown(r: Results, path: Path, notes_file: Path) -> None:
         f"- At start: {background['cpu_busy_percent_before']}% CPU busy (1 s sample), load "
         f"average {background['loadavg_1m']:.2f}; busy processes: "
         f"{', '.join(background['busy_processes']) or 'none'}",
+        f"- CPU used by other processes during each section (% of the machine): "
+        + (", ".join(f"({k}) {v}%" for k, v in r.interference.items()) or "-"),
         f"- TensorFlow: {env['tf_version']}",
         f"- Git commit: {env['git_commit']}",
         f"- Graph: {g.get('model')} version {g.get('version')} "
@@ -856,6 +1081,12 @@ def write_markdown(r: Results, path: Path, notes_file: Path) -> None:
     if notes:
         lines += ["## Where the time goes (from this run's numbers)", ""]
         lines += [f"- {n}" for n in notes] + [""]
+    if env.get("server_config"):
+        lines += ["## Server configuration", "",
+                  "The HTTP sections ran `python -m service serve` with this temporary config "
+                  "(everything not listed is the service's default; default paths under `var/` "
+                  "are moved into the temporary directory):", "", "```ini",
+                  env["server_config"].strip(), "```", ""]
     if notes_file.exists():
         lines += [notes_file.read_text().rstrip(), ""]
     path.write_text("\n".join(lines))
@@ -878,6 +1109,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default=SECTIONS, help="run only these sections, e.g. 'ab' or 'def'")
     parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto",
                         help="load generator for (e); auto: wrk if installed")
+    parser.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
+                        help="first wait up to this long for the machine to be idle (no training "
+                        "or test runs, < 15%% CPU busy); then run regardless, with a warning")
+    parser.add_argument("--retries", type=int, default=0,
+                        help="measure a section again (this many times at most) when other "
+                        "processes used more than 5%% of the CPU while it ran")
+    parser.add_argument("--report-only", action="store_true",
+                        help="measure nothing: rewrite RESULTS.md from results.json (e.g. after "
+                        "editing bench/NOTES.md)")
     parser.add_argument("--out", type=Path, help="directory for RESULTS.md and results.json "
                         "(default: bench/, or a temp dir with --quick)")
     return parser.parse_args(argv)
@@ -889,6 +1129,12 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (Path(tempfile.gettempdir()) / "digits-bench-quick" if args.quick else BENCH_DIR)
     out.mkdir(parents=True, exist_ok=True)
     only = set(args.only)
+    if args.report_only:
+        data = json.loads((out / "results.json").read_text())
+        data["targets"] = [Target(**t) for t in data["targets"]]
+        write_markdown(Results(**data), out / "RESULTS.md", BENCH_DIR / "NOTES.md")
+        log(f"rewrote {out / 'RESULTS.md'} from {out / 'results.json'}")
+        return 0
     generator = args.generator
     if generator == "auto":
         generator = "wrk" if shutil.which("wrk") else "python"
@@ -896,6 +1142,8 @@ def main(argv: list[str] | None = None) -> int:
         log("wrk is not installed (apt-get install -y wrk); use --generator python")
         return 2
 
+    if args.wait_idle:
+        wait_for_idle(args.wait_idle)
     results = Results()
     log(f"{'quick' if args.quick else 'full'} run; sections {''.join(sorted(only))}; graphs {args.graphs_dir}")
     graph = load_graph_info(args.graphs_dir, args.model_version)
@@ -912,34 +1160,22 @@ def main(argv: list[str] | None = None) -> int:
             f"{background['busy_processes']}); numbers will be depressed")
     log(f"graph {MODEL} v{graph.version}, TF {tf.__version__}, {os.cpu_count()} cores")
 
-    if "a" in only:
-        results.raw_session = measure_raw_session(graph, plan.raw_seconds)
-    if "b" in only:
-        for label, options in POOL_CONFIGS.items():
-            results.pool[label] = measure_pool(graph, label, options, plan.pool_warmup, plan.pool_seconds)
-    if "c" in only:
-        for path, runs in ((PNG_FIXTURE, plan.png_runs), (PHOTO_FIXTURE, plan.photo_runs)):
-            results.preprocess[path.name] = measure_preprocess(path, runs)
+    run = Runner(results, only, args.retries, args.wait_idle)
+    measure_model_layer(run, graph, plan)
     if only & set("def"):
         with tempfile.TemporaryDirectory(prefix="digits-bench-") as workdir:
             server = BenchServer(graph, Path(workdir))
+            results.environment["server_config"] = server.config_text
             log(f"starting the server on {server.url} ...")
             server.start()
             try:
-                png = PNG_FIXTURE.read_bytes()
-                if "d" in only:
-                    results.http_latency = measure_http_latency(server, png, plan.latency_requests,
-                                                                plan.http_warmup)
-                if "e" in only:
-                    results.http_load = measure_http_load(server, plan, png, generator)
-                if "f" in only:
-                    payload = batch_payload()
-                    for clients in (1, 2):
-                        results.http_batch[str(clients)] = measure_http_batch(
-                            server, payload, clients, plan.batch_seconds, plan.batch_min_requests)
+                measure_http(run, server, plan, generator)
             finally:
                 server.stop()
 
+    if "a" in only:
+        log("re-checking the raw batch-256 ceiling")
+        results.ceiling_recheck = measure_raw_session(graph, plan.raw_seconds, (256,))["256"]
     results.targets = judge(results)
     results.environment["bench_seconds"] = round(time.monotonic() - STARTED, 1)
     (out / "results.json").write_text(json.dumps(asdict(results), indent=2) + "\n")

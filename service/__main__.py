@@ -25,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def config_path(path: Path) -> Path | None:
+    """The shipped default may be absent (all defaults apply); any other file must exist."""
+    return None if path == DEFAULT_CONFIG and not path.exists() else path
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service",
                                      description="Handwritten digit recognition service.")
@@ -81,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     from .web.app import serve
 
-    return serve(args.config, host=args.host, port=args.port, daemon=args.daemon,
+    return serve(config_path(args.config), host=args.host, port=args.port, daemon=args.daemon,
                  pidfile=args.pidfile)
 
 
@@ -111,7 +116,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .models.evaluate_cli import run_evaluation
     from .models.registry import ModelConfig
 
-    settings = load_settings(args.config if args.config.exists() else None)
+    settings = load_settings(config_path(args.config))
     config = next((m for m in settings.models if m.name == args.model), ModelConfig(args.model))
     return run_evaluation(args.model, args.version, args.graphs_dir, config)
 
@@ -124,7 +129,7 @@ def _publish(args: argparse.Namespace) -> int:
     from .models.registry import resolve_version
 
     location = parse_s3_url(args.to)
-    settings = load_settings(args.config if args.config.exists() else None)
+    settings = load_settings(config_path(args.config))
     version = resolve_version(args.graphs_dir, args.model, args.version)
     directory = store.version_dir(args.graphs_dir, args.model, version)
     print(f"publishing {args.model} version {version} from {directory} to {args.to}", flush=True)
@@ -165,7 +170,7 @@ def _export(args: argparse.Namespace) -> int:
     from .export import ExportOptions, export
     from .inputlog import make_store
 
-    settings = load_settings(args.config if args.config.exists() else None)
+    settings = load_settings(config_path(args.config))
     if args.inputlog_dir:
         log_settings = dataclasses.replace(settings.inputlog, dir=args.inputlog_dir,
                                            backend="local")

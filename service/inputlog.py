@@ -33,6 +33,7 @@ EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "GIF": "gif", "BMP": "bmp", "TIFF": "
               "WEBP": "webp", "MPO": "jpg"}
 BATCH_MAX = 256            # queue items per transaction
 POLL_S = 0.2               # how often an idle writer looks at the stop flag
+LINGER_S = 0.02            # after the first queued record, wait this long for more
 FEEDBACK_WAIT_S = 5.0      # feedback on a still-queued request waits this long for the writer
 DROP_LOG_INTERVAL_S = 10.0  # repeated drops of one reason are summarised this often
 LabelsFor = Callable[[str], list[str]]
@@ -234,6 +235,8 @@ class InputLog:
                 if self._stopping.is_set():
                     return
                 continue
+            if not self._stopping.is_set():
+                time.sleep(LINGER_S)  # let a busy server's records share one transaction
             batch = [first]
             while len(batch) < BATCH_MAX:
                 try:

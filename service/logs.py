@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import re
 import sys
 from datetime import datetime, timezone
-from logging.handlers import RotatingFileHandler
+from logging.handlers import QueueHandler, QueueListener, RotatingFileHandler
 from typing import TYPE_CHECKING, Any
 
 from .config import LogSettings
@@ -69,7 +70,52 @@ def formatter_for(settings: LogSettings) -> logging.Formatter:
     return JsonFormatter() if settings.format == "json" else TextFormatter()
 
 
-def configure(settings: LogSettings, screen: bool) -> None:
+class LogWriter:
+    """Writes the service's log records on one background thread once started.
+
+    With 32 request threads each logging an access line and a prediction line, a handler's
+    lock held across a write() becomes a queue of its own; with the writer, a request thread
+    only enqueues. Before ``start`` (e.g. before the daemon fork: threads do not survive it)
+    and after ``stop`` (the engine's last words), records are written directly, so none is lost.
+    """
+
+    def __init__(self, loggers: list[logging.Logger], handlers: list[logging.Handler]):
+        self.loggers = loggers
+        self.handlers = handlers
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._enqueue = _Enqueue(self._queue)
+        self._listener: QueueListener | None = None
+
+    def start(self) -> None:
+        if self._listener is None and self.handlers:
+            self._listener = QueueListener(self._queue, *self.handlers)
+            self._listener.start()
+            self._swap(self.handlers, [self._enqueue])
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            self._swap([self._enqueue], self.handlers)
+            self._listener.stop()  # writes out whatever is still queued
+            self._listener = None
+
+    def _swap(self, old: list[logging.Handler], new: list[logging.Handler]) -> None:
+        for logger in self.loggers:
+            for handler in old:
+                logger.removeHandler(handler)
+            for handler in new:
+                logger.addHandler(handler)
+
+
+class _Enqueue(QueueHandler):
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        # Resolve the message now (its arguments may change once the call returns); the
+        # writer thread formats the record, exception included.
+        record.msg = record.getMessage()
+        record.args = None
+        return record
+
+
+def configure(settings: LogSettings, screen: bool) -> LogWriter:
     """Route every stream to one set of handlers in one format.
 
     Call after CherryPy's config is applied with ``log.screen`` off: CherryPy's screen
@@ -93,6 +139,8 @@ def configure(settings: LogSettings, screen: bool) -> None:
     service.setLevel(logging.INFO)
     service.propagate = False
     service.handlers = list(logging.getLogger(ERROR_LOGGER).handlers)
+    loggers = [logging.getLogger(n) for n in (ERROR_LOGGER, ACCESS_LOGGER, SERVICE_LOGGER)]
+    return LogWriter(loggers, ours)
 
 
 def _replace_ours(logger: logging.Logger, handlers: list[logging.Handler]) -> None:

@@ -132,8 +132,10 @@ class ModelsResource:
 
 
 class V1(FeedbackRoutes):
-    def __init__(self, predictor: Predictor, admin_token: str | None = None):
+    def __init__(self, predictor: Predictor, admin_token: str | None = None,
+                 inputlog: Any = None):
         self.predictor = predictor
+        self.inputlog = inputlog  # /v1/feedback (FeedbackRoutes); None when the log is off
         self.models = ModelsResource(predictor, admin_token)
 
     @cherrypy.expose

@@ -1,7 +1,6 @@
 """Build the CherryPy application and run it in the foreground or as a daemon."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from .bodies import BodyLimits
 from . import limits  # noqa: F401  (registers tools.body_limit)
 from .compat import CompatRoutes
 from .observability import ObservabilityRoutes, take_over_access_log, tool_config
-from .plugins import InputLogPlugin, ModelPlugin
+from .plugins import InputLogPlugin, LogWriterPlugin, ModelPlugin
 from .responses import error_page, unexpected_error
 from .ui import UiRoutes
 
@@ -42,8 +41,7 @@ class Root(HealthRoutes, CompatRoutes, UiRoutes, ObservabilityRoutes):
         self.default_model = service.default_model
         self.mnist_dir = service.mnist_dir
         self.inputlog = inputlog
-        self.v1 = V1(self.predictor, service.admin_token)
-        self.v1.inputlog = inputlog  # /v1/feedback
+        self.v1 = V1(self.predictor, service.admin_token, inputlog)
 
 
 def app_config(max_body_bytes: int) -> dict[str, Any]:
@@ -73,7 +71,8 @@ def mount(settings: Settings) -> ModelRegistry:
     # CherryPy's screen handlers are replaced by logs.configure's (one format, stderr).
     cherrypy.config.update({**settings.cherrypy, "server.max_request_body_size": 0,
                             "log.screen": False})
-    logs.configure(settings.logging, screen=bool(settings.cherrypy.get("log.screen", True)))
+    writer = logs.configure(settings.logging, screen=bool(settings.cherrypy.get("log.screen", True)))
+    LogWriterPlugin(cherrypy.engine, writer).subscribe()
     registry = ModelRegistry(settings.models, open_store(settings),
                              poll_interval_s=settings.store.poll_interval_s)
     inputlog = make_inputlog(settings, registry)
@@ -97,7 +96,7 @@ def make_inputlog(settings: Settings, registry: ModelRegistry) -> InputLog | Non
 
 def serve(config_path: Path | None, host: str | None = None, port: int | None = None,
           daemon: bool = False, pidfile: Path | None = None) -> int:
-    settings = load_settings(config_path if config_path and Path(config_path).exists() else None)
+    settings = load_settings(config_path)
     overrides = {k: v for k, v in (("server.socket_host", host), ("server.socket_port", port))
                  if v is not None}
     settings.cherrypy.update(overrides)

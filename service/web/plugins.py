@@ -51,3 +51,21 @@ class InputLogPlugin(SimplePlugin):
         self.inputlog.stop()
 
     stop.priority = 50  # after the HTTP server's stop (25): no new predictions can arrive
+
+
+class LogWriterPlugin(SimplePlugin):
+    """Starts the background log writer after the daemon fork; stops it last, on exit."""
+
+    def __init__(self, bus, writer):
+        super().__init__(bus)
+        self.writer = writer
+
+    def start(self) -> None:
+        self.writer.start()
+
+    start.priority = 66  # after the Daemonizer (65), before anything that logs much
+
+    def exit(self) -> None:
+        self.writer.stop()
+
+    exit.priority = 100

@@ -130,10 +130,12 @@ def test_s3_store_unreachable_endpoint_is_a_load_error(tmp_path):
 def test_publish_cli_with_aws_environment_variables(s3_server, tmp_path, bucket):
     graphs = tmp_path / "graphs"
     build_version(graphs, 3)
+    no_s3_section = tmp_path / "empty.conf"
+    no_s3_section.write_text("")
     env = {**os.environ, "AWS_ENDPOINT_URL": s3_server.endpoint_url, **s3_server.CREDENTIALS}
     result = subprocess.run(
         [sys.executable, "-m", "service", "publish", "--model", NAME, "--to", f"s3://{bucket}/p",
-         "--graphs-dir", str(graphs), "--config", str(tmp_path / "none.conf")],
+         "--graphs-dir", str(graphs), "--config", str(no_s3_section)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "publishing digits-cnn version 3" in result.stdout

@@ -118,3 +118,35 @@ def test_a_failed_model_degrades_but_others_serve(tmp_path):
         assert set(ok.json()["results"]) == {"digits-cnn"}
     finally:
         server.stop()
+
+
+def test_full_queue_is_503_with_retry_after(tmp_path):
+    # One submission may wait; each request's 64 images run one by one (max_batch_size 1).
+    config = ONLY_CNN + "[model:digits-cnn]\nqueue_size = 1\nmax_batch_size = 1\n"
+    server = ServerProcess(tmp_path, config).start()
+    body = {"instances": batch_body(64)["instances"]}
+    responses: list[requests.Response] = []
+    try:
+        threads = [threading.Thread(target=lambda: responses.append(requests.post(
+            server.url + "/v1/models/digits-cnn/predict", json=body, timeout=60))) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        server.stop()
+    statuses = sorted(r.status_code for r in responses)
+    assert 200 in statuses and 503 in statuses, statuses
+    overloaded = next(r for r in responses if r.status_code == 503)
+    assert overloaded.json()["error"]["code"] == "overloaded"
+    assert int(overloaded.headers["Retry-After"]) >= 1
+
+
+def test_past_the_deadline_is_504(tmp_path):
+    config = ONLY_CNN.replace("[service]\n", "[service]\nrequest_timeout_s = 0.001\n")
+    server = ServerProcess(tmp_path, config).start()
+    try:
+        r = requests.post(server.url + "/v1/models/digits-cnn/predict", json=batch_body(256))
+    finally:
+        server.stop()
+    assert r.status_code == 504 and r.json()["error"]["code"] == "deadline_exceeded"
