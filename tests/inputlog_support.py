@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import sqlite3
-import time
 from pathlib import Path
 
 import numpy as np
@@ -48,15 +47,3 @@ def stored_files(directory: Path) -> list[Path]:
     """Every file under ``images/``, temp files included."""
     root = Path(directory) / "images"
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
-
-
-def stop_when_started(proc, timeout: float = 15.0) -> int:
-    """Stop ``proc`` once CherryPy's bus has STARTED, and return its exit code.
-
-    /readyz can answer while the HTTP server's start listener is still returning; a SIGTERM
-    then makes CherryPy exit 70 ("exit() called before start() finished") after a full stop.
-    """
-    deadline = time.monotonic() + timeout
-    while "Bus STARTED" not in proc.log() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return proc.stop()

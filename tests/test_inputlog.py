@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from inputlog_support import labels_for, query, record, stop_when_started, stored_files
+from inputlog_support import labels_for, query, record, stored_files
 from service.blobstore import LocalBlobStore
 from service.config import InputLogSettings, S3Settings
 from service.errors import InvalidInput, NotFound
@@ -248,7 +248,7 @@ def logged_server(tmp_path_factory):
     try:
         expected = every_route(proc.url)
     finally:
-        code = stop_when_started(proc)
+        code = proc.stop()
     return logdir, expected, code, proc.log()
 
 
@@ -291,7 +291,7 @@ def test_images_go_to_an_s3_bucket_under_the_prefix(s3_server, tmp_path):
                                  headers={"Content-Type": "image/png"}, timeout=30)
         assert response.status_code == 200
     finally:
-        assert stop_when_started(proc) == 0
+        assert proc.stop() == 0
     key = f"logged/images/{sha(DIGIT7)[:2]}/{sha(DIGIT7)}.png"
     body = s3_server.client().get_object(Bucket="inputlog-test", Key=key)["Body"].read()
     assert body == DIGIT7
@@ -312,6 +312,6 @@ def test_predictions_succeed_when_the_image_store_is_down(tmp_path):
                                      headers={"Content-Type": "image/png"}, timeout=30)
             assert response.status_code == 200
     finally:
-        assert stop_when_started(proc) == 0
+        assert proc.stop() == 0
     assert "input log dropped" in proc.log() and "store_error" in proc.log()
     assert query(logdir, "SELECT id FROM predictions") == []
