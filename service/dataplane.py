@@ -14,6 +14,7 @@ import numpy as np
 
 from .errors import DeadlineExceeded, InvalidInput, PayloadTooLarge
 from .models import preprocess
+from .models.preprocess import PreprocessSpec
 from .models.registry import ModelRegistry, ServedModel
 
 
@@ -110,9 +111,13 @@ class DataPlane:
              started: float) -> dict[str, ModelResult]:
         deadline = started + self.timeout_s
         pending = []
+        prepared: dict[PreprocessSpec, tuple] = {}  # models sharing a spec share the work
         for model in models:
             k = _check_top_k(top_k, len(model.labels))
-            inputs, decode_s, prep_s = self._prepare(model, instances)
+            spec = model.manifest.preprocess
+            if spec not in prepared:
+                prepared[spec] = self._prepare(spec, instances)
+            inputs, decode_s, prep_s = prepared[spec]
             pending.append((model, k, inputs, decode_s, prep_s, model.submit(inputs, deadline)))
         results = {}
         for model, k, inputs, decode_s, prep_s, future in pending:
@@ -131,8 +136,7 @@ class DataPlane:
             raise PayloadTooLarge(f"The request holds {len(instances)} images; at most "
                                   f"{self.max_batch_size} are allowed.", "batch_too_large")
 
-    def _prepare(self, model: ServedModel, instances: list[Instance]):
-        spec = model.manifest.preprocess
+    def _prepare(self, spec: PreprocessSpec, instances: list[Instance]):
         decode_s = prep_s = 0.0
         arrays = []
         for index, inst in enumerate(instances):
