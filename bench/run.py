@@ -171,7 +171,9 @@ def git_commit() -> str:
                               check=False).stdout.strip()
 
     commit = git("rev-parse", "--short=12", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--untracked-files=no")
+    # The benchmark's own outputs do not make the measured code "uncommitted".
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                ":!bench/RESULTS.md", ":!bench/results.json", ":!bench/NOTES.md")
     return commit + (" (+ uncommitted changes)" if dirty else "")
 
 
