@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="for the QA gate's accuracy floor")
     evaluate.set_defaults(handler=_evaluate)
     _add_export_parser(commands)
+    _add_keys_parser(commands)
 
     publish = commands.add_parser(
         "publish", help="upload a version to an S3-compatible bucket (manifest last)",
@@ -187,6 +188,57 @@ def _export(args: argparse.Namespace) -> int:
           + (f"; skipped {skipped}" if skipped else ""))
     for path in result.files:
         print(f"  {path}")
+    return 0
+
+
+def _add_keys_parser(commands) -> None:
+    keys = commands.add_parser(
+        "keys", help="manage API keys (add, list, revoke)",
+        description="API keys live in the file named by the config's [auth] keys_file, as "
+                    "salted hashes: a new key is printed once and cannot be shown again. A "
+                    "running server picks up changes within a second.")
+    keys.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                      help="for [auth] keys_file")
+    keys.add_argument("--file", type=Path, help="the key file (default: [auth] keys_file)")
+    actions = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = actions.add_parser("add", help="create a key and print it once")
+    add.add_argument("name", help="who the key is for, e.g. billing-app")
+    add.add_argument("--admin", action="store_true", help="may call admin routes (reload)")
+    add.add_argument("--requests-per-s", type=float, help="this key's request rate limit")
+    add.add_argument("--requests-burst", type=float)
+    add.add_argument("--images-per-s", type=float, help="this key's image rate limit")
+    add.add_argument("--images-burst", type=float)
+    add.add_argument("--max-in-flight", type=int, help="this key's concurrent requests")
+    actions.add_parser("list", help="the keys, without their secrets")
+    revoke = actions.add_parser("revoke", help="revoke a key by id, or every key of a name")
+    revoke.add_argument("which", metavar="ID_OR_NAME")
+    keys.set_defaults(handler=_keys)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from . import api_keys
+    from .config import load_settings
+
+    path = args.file or load_settings(config_path(args.config)).auth.keys_file
+    if path is None:
+        print("error: no key file: set [auth] keys_file in the config, or pass --file",
+              file=sys.stderr)
+        return 2
+    if args.action == "add":
+        limits = api_keys.KeyLimits(**{f: getattr(args, f) for f in api_keys.LIMIT_FIELDS})
+        record, key = api_keys.add_key(path, args.name, args.admin, limits)
+        kind = "admin key" if record.admin else "key"
+        print(f"created {kind} {record.id} for {record.name} in {path}.\n"
+              "Store it now; it is not kept and cannot be shown again:\n" + key)
+    elif args.action == "list":
+        for record in api_keys.read_keys(path).values():
+            state = f"revoked {record.revoked}" if record.revoked else "live"
+            limits = " ".join(f"{k}={v:g}" for k, v in record.public()["limits"].items())
+            print(f"{record.id}  {record.name:<20} {'admin' if record.admin else 'user ':<5}  "
+                  f"created {record.created}  {state}" + (f"  {limits}" if limits else ""))
+    else:
+        for record in api_keys.revoke_key(path, args.which):
+            print(f"revoked {record.id} ({record.name})")
     return 0
 
 

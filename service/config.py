@@ -33,6 +33,10 @@ class ServiceSettings:
     max_batch_size: int = 256            # instances per request
     request_timeout_s: float = 10.0
     admin_token: str | None = None       # required by admin routes (model reload); None: off
+    max_image_bytes: int = 10 * 1024 * 1024  # one image (raw, base64-decoded or read by path)
+    max_frames: int = 100                # frames in one GIF/TIFF/WebP/APNG
+    max_json_depth: int = 32             # nesting of a JSON body
+    client_timeout_s: float = 30.0       # a request must arrive in full within this (slow clients)
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,30 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class AuthSettings:
+    """API keys: off unless ``keys_file`` names a key file (``python -m service keys add``)."""
+
+    keys_file: Path | None = None
+    protect_health: bool = False         # /healthz, /readyz, /status need a key too
+    protect_metrics: bool = False        # /metrics needs a key too
+    form_open: bool = False              # the HTML form works without a key (trusted network)
+
+
+@dataclass(frozen=True)
+class RateLimitSettings:
+    """Token buckets per API key (per client address without keys); 0 turns a limit off.
+
+    A key's own limits in the key file override these.
+    """
+
+    requests_per_s: float = 0.0
+    requests_burst: float = 0.0          # bucket size; 0: max(1, requests_per_s)
+    images_per_s: float = 0.0
+    images_burst: float = 0.0            # bucket size; 0: max(max_batch_size, images_per_s)
+    max_in_flight: int = 0               # concurrent requests per key or client; 0: no limit
+
+
+@dataclass(frozen=True)
 class Settings:
     service: ServiceSettings
     models: list[ModelConfig]
@@ -88,6 +116,8 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     inputlog: InputLogSettings = field(default_factory=InputLogSettings)
     logging: LogSettings = field(default_factory=LogSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    ratelimit: RateLimitSettings = field(default_factory=RateLimitSettings)
 
 
 CHERRYPY_DEFAULTS: dict[str, Any] = {
@@ -132,6 +162,10 @@ def load_settings(path: Path | None) -> Settings:
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}; expected [global], "
                           f"[service], [{'], ['.join(SECTIONS)}] and [model:<name>]")
+    if service.admin_token and sections["auth"].keys_file:
+        raise ConfigError(f"{where} [service] admin_token: not used with [auth] keys_file; "
+                          "admin routes take an admin key (`python -m service keys add NAME "
+                          "--admin`)")
     if service.default_model not in names:
         raise ConfigError(f"{where} [service] default_model: {service.default_model!r} is not "
                           f"one of the served models {names}")
@@ -140,7 +174,7 @@ def load_settings(path: Path | None) -> Settings:
 
 
 SECTIONS = {"s3": S3Settings, "store": StoreSettings, "inputlog": InputLogSettings,
-            "logging": LogSettings}
+            "logging": LogSettings, "auth": AuthSettings, "ratelimit": RateLimitSettings}
 CHOICES = {("store", "kind"): ("local", "s3"), ("inputlog", "backend"): ("local", "s3"),
            ("logging", "format"): ("text", "json")}
 

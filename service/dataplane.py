@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -69,6 +69,10 @@ class PredictionObserver(Protocol):
     def observed(self, result: "ModelResult", batch_size: int) -> None: ...
 
 
+# Called with each request's context and image count before any work; raises to refuse.
+Admission = Callable[[RequestContext, int], None]
+
+
 def new_request_id() -> str:
     return uuid.uuid4().hex
 
@@ -77,8 +81,10 @@ class DataPlane:
     def __init__(self, registry: ModelRegistry, *, max_pixels: int = 25_000_000,
                  max_batch_size: int = 256, timeout_s: float = 10.0,
                  sinks: list[PredictionSink] | None = None,
-                 observers: list[PredictionObserver] | None = None):
+                 observers: list[PredictionObserver] | None = None,
+                 admission: Admission | None = None):
         self.registry = registry
+        self.admission = admission
         self.sinks = list(sinks or [])
         self.observers = list(observers or [])
         self.max_pixels = max_pixels
@@ -96,6 +102,8 @@ class DataPlane:
         """
         started = time.monotonic()
         self._check_batch(instances)
+        if self.admission is not None:  # e.g. an images-per-second limit, before any decoding
+            self.admission(context or RequestContext(), len(instances))
         with self.registry.lease(model_names) as models:
             if not models:
                 self.registry.get(self.registry.names()[0])  # raises the reason nothing is served

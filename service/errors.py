@@ -88,6 +88,16 @@ class Overloaded(Unavailable):
     code = "overloaded"
 
 
+class RateLimited(ServiceError):
+    """A key or client is over its rate limit; ``Retry-After`` says when a token is back."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int = 1, code: str | None = None):
+        super().__init__(message, code, headers={"Retry-After": str(max(1, retry_after))})
+
+
 class Conflict(ServiceError):
     """The request is valid but clashes with the current state."""
 

@@ -190,9 +190,12 @@
     buttons.forEach(function (b) { b.disabled = true; });
     status.textContent = 'Sending…';
     try {
+      var headers = {'Content-Type': 'application/json'};
+      var key = form.querySelector('input[name="api_key"]');
+      if (key && key.value) headers['X-API-Key'] = key.value;
       var response = await fetch('/v1/feedback', {
         method: 'POST',
-        headers: {'Content-Type': 'application/json'},
+        headers: headers,
         body: JSON.stringify({request_id: box.getAttribute('data-request-id'), label: label})
       });
       var body = await response.json().catch(function () { return null; });

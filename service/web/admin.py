@@ -41,9 +41,13 @@ def version_info(status: ModelStatus, versions: list[int]) -> dict[str, Any]:
 
 
 class Admin:
-    def __init__(self, registry: ModelRegistry, token: str | None):
+    """With API keys configured, ``tools.access`` has already required an admin key;
+    without them, the admin token (if any) guards these routes."""
+
+    def __init__(self, registry: ModelRegistry, token: str | None, keys_required: bool = False):
         self.registry = registry
         self.token = token or None
+        self.keys_required = keys_required
 
     def reload(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
         """POST /v1/models/<name>/reload: 200 with the new summary, or 409 ``reload_failed``."""
@@ -55,6 +59,8 @@ class Admin:
                 "pinned": status.pinned}
 
     def authorize(self) -> None:
+        if self.keys_required:
+            return
         if self.token is None:
             raise Forbidden("Admin routes are disabled: no [service] admin_token is configured.",
                             "admin_disabled")

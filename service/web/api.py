@@ -8,6 +8,7 @@ import cherrypy
 from ..dataplane import DataPlane, ModelResult, RequestContext
 from ..errors import InvalidInput, NotFound, Unavailable
 from ..models.registry import ModelState, ModelStatus, ServedModel
+from .access import current_key
 from .admin import Admin, version_info
 from .bodies import BodyLimits, PredictBody, parse_predict_body
 from .feedback import FeedbackRoutes
@@ -89,7 +90,9 @@ class Predictor:
 def request_context() -> RequestContext:
     """The current HTTP request as the data plane sees it; the id is echoed in X-Request-ID."""
     request = cherrypy.request
-    context = RequestContext(route=request.path_info, client=request.remote.ip or "")
+    key = current_key()
+    context = RequestContext(route=request.path_info, client=request.remote.ip or "",
+                             api_key_id=key.id if key else None)
     cherrypy.response.headers["X-Request-ID"] = context.request_id
     return context
 
@@ -99,10 +102,11 @@ class ModelsResource:
 
     _cp_config = {"tools.bodiless_post.on": True}  # a bare POST .../reload is not a 411
 
-    def __init__(self, predictor: Predictor, admin_token: str | None = None):
+    def __init__(self, predictor: Predictor, admin_token: str | None = None,
+                 keys_required: bool = False):
         self.predictor = predictor
         self.registry = predictor.plane.registry
-        self.admin = Admin(self.registry, admin_token)
+        self.admin = Admin(self.registry, admin_token, keys_required)
 
     @cherrypy.expose
     @json_endpoint
@@ -133,10 +137,10 @@ class ModelsResource:
 
 class V1(FeedbackRoutes):
     def __init__(self, predictor: Predictor, admin_token: str | None = None,
-                 inputlog: Any = None):
+                 inputlog: Any = None, keys_required: bool = False):
         self.predictor = predictor
         self.inputlog = inputlog  # /v1/feedback (FeedbackRoutes); None when the log is off
-        self.models = ModelsResource(predictor, admin_token)
+        self.models = ModelsResource(predictor, admin_token, keys_required)
 
     @cherrypy.expose
     @json_endpoint

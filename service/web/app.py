@@ -13,6 +13,7 @@ from ..dataplane import DataPlane
 from ..inputlog import InputLog
 from ..models.registry import ModelRegistry
 from ..models.store import open_store
+from .access import Access
 from .api import HealthRoutes, Predictor, V1
 from .bodies import BodyLimits
 from . import limits  # noqa: F401  (registers tools.body_limit)
@@ -20,7 +21,7 @@ from .compat import CompatRoutes
 from .observability import ObservabilityRoutes, take_over_access_log, tool_config
 from .plugins import InputLogPlugin, LogWriterPlugin, ModelPlugin
 from .responses import error_page, unexpected_error
-from .ui import UiRoutes
+from .ui import UiRoutes, form_error
 
 
 class Root(HealthRoutes, CompatRoutes, UiRoutes, ObservabilityRoutes):
@@ -31,17 +32,21 @@ class Root(HealthRoutes, CompatRoutes, UiRoutes, ObservabilityRoutes):
         service = settings.service
         self.settings = settings
         self.registry = registry
+        self.access = Access(settings.auth, settings.ratelimit, service.max_batch_size)
+        self.access.form_error = lambda exc: form_error(self, exc)
         self.plane = DataPlane(registry, max_pixels=service.max_pixels,
                                max_batch_size=service.max_batch_size,
                                timeout_s=service.request_timeout_s,
-                               sinks=[inputlog] if inputlog else [])
+                               sinks=[inputlog] if inputlog else [],
+                               admission=self.access.charge_images)
         self.start_observing(self.plane)  # metrics and prediction logs
         self.predictor = Predictor(self.plane, BodyLimits(service.images_root,
                                                           service.max_body_bytes))
         self.default_model = service.default_model
         self.mnist_dir = service.mnist_dir
         self.inputlog = inputlog
-        self.v1 = V1(self.predictor, service.admin_token, inputlog)
+        self.v1 = V1(self.predictor, service.admin_token, inputlog,
+                     keys_required=self.access.keys_required)
 
 
 def app_config(max_body_bytes: int) -> dict[str, Any]:
@@ -79,6 +84,7 @@ def mount(settings: Settings) -> ModelRegistry:
     root = Root(settings, registry, inputlog)
     config = app_config(service.max_body_bytes)
     config["/"].update(tool_config(root.service_metrics))
+    config["/"].update({"tools.access.on": True, "tools.access.access": root.access})
     take_over_access_log(cherrypy.tree.mount(root, "/", config))
     ModelPlugin(cherrypy.engine, registry).subscribe()
     if inputlog is not None:

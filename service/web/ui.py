@@ -84,7 +84,17 @@ def _form_values(model: Any, x: Any, y: Any) -> dict[str, str]:
     """What the user sent, to fill the form in again (file inputs cannot be refilled)."""
     def text(value: Any) -> str:
         return value if isinstance(value, str) else ""
-    return {"model": text(model) or "all", "x": text(x), "y": text(y)}
+    return {"model": text(model) or "all", "x": text(x), "y": text(y), "api_key": _form_key()}
+
+
+def _form_key() -> str:
+    """The API key typed into the form (checked by tools.access), or ""."""
+    return getattr(cherrypy.serving.request, "form_api_key", "")
+
+
+def form_error(root: Any, exc: ServiceError) -> bytes:
+    """A refusal by tools.access (no key, bad key, rate limit) as the HTML result page."""
+    return _error_response(root, exc.status, exc.code, exc.message, exc.headers)
 
 
 def _result_view(result: ModelResult, labels: list[str] | None = None) -> dict[str, Any]:
@@ -134,11 +144,17 @@ def _page_context(root: Any) -> dict[str, Any]:
     }
 
 
+def _needs_key(root: Any) -> bool:
+    access = getattr(root, "access", None)
+    return access is not None and access.form_needs_key()
+
+
 def _render(root: Any, template: str, fragment: bool, **context: Any) -> str:
     context.setdefault("results", [])
     context.setdefault("error", None)
     context.setdefault("filename", "")
-    context.setdefault("form", {"model": "all", "x": "", "y": ""})
+    context.setdefault("form", {"model": "all", "x": "", "y": "", "api_key": _form_key()})
+    context["needs_key"] = _needs_key(root)
     context.setdefault("request_id", None)
     # The fragment goes into a page whose script sends feedback; a full page posts a form.
     context.setdefault("feedback", getattr(root, "inputlog", None) is not None)

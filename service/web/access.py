@@ -1,0 +1,190 @@
+"""Who may call what, and how often: API keys, admin keys and rate limits, as one tool.
+
+``tools.access`` runs before a request's body is read. It finds the route's policy in
+``POLICIES``, checks the key (``Authorization: Bearer <key>`` or ``X-API-Key: <key>``) when
+keys are configured, and admits the request through the client's token bucket and
+in-flight cap (the client is the key's id, or the address without keys). A refusal is
+answered at once, with the body left unread. The image count of a prediction is charged
+later by the data plane, through :meth:`Access.charge_images`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import cherrypy
+
+from ..api_keys import ApiKey, KeyRing
+from ..config import AuthSettings, RateLimitSettings
+from ..dataplane import RequestContext
+from ..errors import ConfigError, Forbidden, ServiceError, Unauthorized
+from ..rate_limit import Limits, RateLimiter
+from .observability import route_template
+from .responses import service_error_response
+
+OPEN, KEY, ADMIN, HEALTH, METRICS, FORM = "open", "key", "admin", "health", "metrics", "form"
+# By route template (observability.route_template); anything else under /v1 needs a key.
+POLICIES = {
+    "/v1/models/{name}/reload": ADMIN,
+    "/recognize": KEY, "/mnist/classify": KEY, "/mnist/classify/{idx}": KEY,
+    "/healthz": HEALTH, "/readyz": HEALTH, "/status": HEALTH,
+    "/metrics": METRICS,
+    "/result": FORM, "/feedback_form": FORM,
+}
+RATE_LIMITED = frozenset({KEY, ADMIN, FORM})  # what costs work: predictions and reloads
+FORM_KEY_FIELD = "api_key"
+
+
+def policy_for(path: str) -> str:
+    policy = POLICIES.get(route_template(path))
+    if policy is None:
+        return KEY if path == "/v1" or path.startswith("/v1/") else OPEN
+    return policy
+
+
+def presented_key(headers: Any) -> str | None:
+    scheme, _, credentials = headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return headers.get("X-API-Key", "").strip() or None
+
+
+class Access:
+    """The keys (None: no keys configured) and limiter behind ``tools.access``."""
+
+    def __init__(self, auth: AuthSettings, limits: RateLimitSettings, batch_max: int):
+        self.auth = auth
+        if auth.keys_file is not None and not auth.keys_file.exists():
+            raise ConfigError(f"[auth] keys_file: {auth.keys_file} does not exist; create a "
+                              "key with `python -m service keys add NAME`")
+        self.keys = KeyRing(auth.keys_file) if auth.keys_file else None
+        self.defaults = Limits(**dataclasses.asdict(limits))
+        self.limiter = RateLimiter()
+        self.batch_max = batch_max
+        self.form_error: Callable[[ServiceError], bytes] | None = None  # set by the UI
+
+    @property
+    def keys_required(self) -> bool:
+        return self.keys is not None
+
+    def form_needs_key(self) -> bool:
+        return self.keys is not None and not self.auth.form_open
+
+    # -- the tool ------------------------------------------------------------------------------
+    def check(self) -> None:
+        """before_request_body: authenticate, authorise and admit, or answer the refusal."""
+        request = cherrypy.serving.request
+        policy = policy_for(request.path_info)
+        try:
+            key = self._authenticate(policy, request)
+            request.api_key = key
+            if policy in RATE_LIMITED:
+                client = key.id if key else request.remote.ip or "-"
+                self.limiter.enter(client, self.limits_for(key))
+                request.access_client = client  # left in release()
+        except ServiceError as exc:
+            self._refuse(request, exc, policy == FORM)
+
+    def release(self) -> None:
+        """on_end_request: the request no longer counts towards its client's in-flight cap."""
+        client = getattr(cherrypy.serving.request, "access_client", None)
+        if client is not None:
+            self.limiter.leave(client)
+
+    def _authenticate(self, policy: str, request: Any) -> ApiKey | None:
+        if self.keys is None or policy == OPEN:
+            return None
+        if (policy == HEALTH and not self.auth.protect_health) or \
+                (policy == METRICS and not self.auth.protect_metrics):
+            return None
+        presented = presented_key(request.headers)
+        if presented is None and policy == FORM:
+            # The key typed into the form is in the multipart body, not yet parsed.
+            request.access_form_key_pending = self.form_needs_key()
+            return None
+        if presented is None:
+            raise Unauthorized(_missing_message(policy), "unauthorized")
+        key = self.keys.verify(presented)
+        if key is None:
+            raise Unauthorized("The API key is not valid (unknown, mistyped or revoked).",
+                               "invalid_api_key")
+        if policy == ADMIN and not key.admin:
+            raise Forbidden(f"The key {key.name!r} is not an admin key; this route needs one.",
+                            "admin_required")
+        return key
+
+    @staticmethod
+    def _refuse(request: Any, exc: ServiceError, html: bool) -> None:
+        # The body is never parsed. Refused credentials close the connection, so a large body
+        # is not read either; a 429 keeps it open (cheroot drains the body) for the retry.
+        request.process_request_body = False
+        if exc.status in (401, 403) or "Transfer-Encoding" in request.headers:
+            cherrypy.serving.response.headers["Connection"] = "close"
+        form_error = request.app.root.access.form_error if html else None
+        request.handler = lambda *a, **k: (form_error or service_error_response)(exc)
+
+    # -- limits --------------------------------------------------------------------------------
+    def limits_for(self, key: ApiKey | None) -> Limits:
+        if key is None:
+            return self.defaults
+        own = {k: v for k, v in dataclasses.asdict(key.limits).items() if v is not None}
+        return dataclasses.replace(self.defaults, **own) if own else self.defaults
+
+    def charge_images(self, context: RequestContext, count: int) -> None:
+        """The data plane's admission hook: take ``count`` image tokens or raise 429."""
+        key = self.keys.get(context.api_key_id) if self.keys and context.api_key_id else None
+        client = context.api_key_id or context.client or "-"
+        self.limiter.charge_images(client, self.limits_for(key), count, self.batch_max)
+
+
+def _missing_message(policy: str) -> str:
+    if policy == ADMIN:
+        return "This route needs an admin API key: send 'Authorization: Bearer <key>'."
+    return ("This route needs an API key: send 'Authorization: Bearer <key>' or "
+            "'X-API-Key: <key>'.")
+
+
+def current_key() -> ApiKey | None:
+    return getattr(cherrypy.serving.request, "api_key", None)
+
+
+class AccessTool(cherrypy.Tool):
+    """``tools.access`` (config: ``tools.access.access = Access(...)``)."""
+
+    def __init__(self) -> None:
+        super().__init__("before_request_body", self._check, name="access")
+
+    @staticmethod
+    def _check(access: Access) -> None:
+        access.check()
+
+    def _setup(self) -> None:
+        conf = self._merged_args()
+        access = conf["access"]
+        hooks = cherrypy.serving.request.hooks
+        hooks.attach("before_request_body", access.check, priority=30)
+        hooks.attach("before_handler", _form_key_check, priority=30, access=access)
+        hooks.attach("on_end_request", access.release, priority=80)
+
+
+def _form_key_check(access: Access) -> None:
+    """before_handler: the HTML form's key, now that the multipart body is parsed."""
+    request = cherrypy.serving.request
+    if not getattr(request, "access_form_key_pending", False):
+        return
+    value = request.params.pop(FORM_KEY_FIELD, None)
+    try:
+        if not isinstance(value, str) or not value.strip():
+            raise Unauthorized("Enter your API key in the form: this server needs one.",
+                               "unauthorized")
+        key = access.keys.verify(value.strip()) if access.keys else None
+        if key is None:
+            raise Unauthorized("The API key is not valid (unknown, mistyped or revoked).",
+                               "invalid_api_key")
+        request.api_key = key
+        request.form_api_key = value.strip()  # to fill in the result page's forms again
+    except ServiceError as exc:
+        Access._refuse(request, exc, True)
+
+
+cherrypy.tools.access = AccessTool()
