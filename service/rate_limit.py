@@ -36,16 +36,16 @@ class TokenBucket:
 
     __slots__ = ("rate", "capacity", "tokens", "stamp")
 
-    def __init__(self, rate: float, capacity: float):
+    def __init__(self, rate: float, capacity: float, now: float | None = None):
         self.rate = rate
         self.capacity = capacity
         self.tokens = capacity
-        self.stamp = time.monotonic()
+        self.stamp = time.monotonic() if now is None else now
 
     def take(self, cost: float, now: float) -> float:
         """Take ``cost`` tokens and return 0, or take nothing and return the seconds to wait."""
-        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
+        self.tokens = min(self.capacity, self.tokens + max(0.0, now - self.stamp) * self.rate)
+        self.stamp = max(now, self.stamp)
         if cost <= self.tokens:
             self.tokens -= cost
             return 0.0
@@ -107,7 +107,7 @@ class RateLimiter:
         if bucket is None or (bucket.rate, bucket.capacity) != (rate, burst):
             if len(buckets) >= MAX_CLIENTS:
                 self._forget_idle(buckets, now)
-            bucket = buckets[client] = TokenBucket(rate, burst)
+            bucket = buckets[client] = TokenBucket(rate, burst, now)
         return bucket.take(cost, now)
 
     @staticmethod

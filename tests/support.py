@@ -24,7 +24,9 @@ def free_port() -> int:
 class ServerProcess:
     """``python -m service serve`` in a subprocess, with its own config file and port."""
 
-    def __init__(self, tmp: Path, config: str = "", extra_args: tuple[str, ...] = ()):
+    def __init__(self, tmp: Path, config: str = "", extra_args: tuple[str, ...] = (),
+                 ready_headers: dict[str, str] | None = None):
+        self.ready_headers = ready_headers or {}  # e.g. a key, when health routes need one
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config_path = tmp / "service.conf"
@@ -55,7 +57,8 @@ class ServerProcess:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if requests.get(self.url + path, timeout=2).status_code == 200:
+                if requests.get(self.url + path, headers=self.ready_headers,
+                                timeout=2).status_code == 200:
                     return
             except requests.ConnectionError:
                 pass
