@@ -10,6 +10,8 @@ later by the data plane, through :meth:`Access.charge_images`.
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 from typing import Any, Callable
 
 import cherrypy
@@ -17,7 +19,7 @@ import cherrypy
 from ..api_keys import ApiKey, KeyRing
 from ..config import AuthSettings, RateLimitSettings
 from ..dataplane import RequestContext
-from ..errors import ConfigError, Forbidden, ServiceError, Unauthorized
+from ..errors import ConfigError, Forbidden, RateLimited, ServiceError, Unauthorized
 from ..rate_limit import Limits, RateLimiter
 from .observability import route_template
 from .responses import service_error_response
@@ -58,8 +60,12 @@ class Access:
             raise ConfigError(f"[auth] keys_file: {auth.keys_file} does not exist; create a "
                               "key with `python -m service keys add NAME`")
         self.keys = KeyRing(auth.keys_file) if auth.keys_file else None
-        self.defaults = Limits(**dataclasses.asdict(limits))
+        self.defaults = Limits(**{f.name: getattr(limits, f.name)
+                                  for f in dataclasses.fields(Limits)})
         self.limiter = RateLimiter()
+        self.tarpit_s = limits.tarpit_s
+        self._tarpit = threading.BoundedSemaphore(limits.tarpit_slots) \
+            if limits.tarpit_s and limits.tarpit_slots else None
         self.batch_max = batch_max
         self.form_error: Callable[[ServiceError], bytes] | None = None  # set by the UI
 
@@ -83,7 +89,17 @@ class Access:
                 self.limiter.enter(client, self.limits_for(key))
                 request.access_client = client  # left in release()
         except ServiceError as exc:
+            if isinstance(exc, RateLimited):
+                self._slow_down()
             self._refuse(request, exc, policy == FORM)
+
+    def _slow_down(self) -> None:
+        """Hold a refused request a moment, while a tarpit slot is free (see [ratelimit])."""
+        if self._tarpit is not None and self._tarpit.acquire(blocking=False):
+            try:
+                time.sleep(self.tarpit_s)
+            finally:
+                self._tarpit.release()
 
     def release(self) -> None:
         """on_end_request: the request no longer counts towards its client's in-flight cap."""
