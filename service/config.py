@@ -104,6 +104,10 @@ class RateLimitSettings:
     images_per_s: float = 0.0
     images_burst: float = 0.0            # bucket size; 0: max(max_batch_size, images_per_s)
     max_in_flight: int = 0               # concurrent requests per key or client; 0: no limit
+    # A refused request waits this long before its 429 (at most tarpit_slots at once): a
+    # flooding client then costs a sleeping thread, not the CPU everyone else needs.
+    tarpit_s: float = 0.5
+    tarpit_slots: int = 16
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,10 @@ CHERRYPY_DEFAULTS: dict[str, Any] = {
     "server.socket_queue_size": 128,
     "server.socket_timeout": 10,
     "server.shutdown_timeout": 10,
+    # Connections waiting for a free worker beyond this are answered 503 at once
+    # (web/connection_guard.py); a put timeout would stall cheroot's accept loop.
+    "server.accepted_queue_size": 64,
+    "server.accepted_queue_timeout": 0,
     "engine.autoreload.on": False,
     "log.screen": True,
     "request.show_tracebacks": False,
