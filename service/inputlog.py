@@ -25,7 +25,7 @@ from . import inputlog_db as db
 from .blobstore import BlobStore, BlobStoreError, LocalBlobStore, S3BlobStore, make_s3_client
 from .config import InputLogSettings, S3Settings
 from .dataplane import Instance, ModelResult, RequestContext
-from .errors import InvalidInput, NotFound, Unavailable
+from .errors import Forbidden, InvalidInput, NotFound, Unavailable
 
 log = logging.getLogger("service.inputlog")
 
@@ -37,6 +37,7 @@ LINGER_S = 0.02            # after the first queued record, wait this long for m
 FEEDBACK_WAIT_S = 5.0      # feedback on a still-queued request waits this long for the writer
 DROP_LOG_INTERVAL_S = 10.0  # repeated drops of one reason are summarised this often
 LabelsFor = Callable[[str], list[str]]
+Caller = tuple[str, bool]  # (API key id, is it an admin key?)
 
 
 @dataclass(frozen=True)
@@ -172,10 +173,11 @@ class InputLog:
 
     # -- feedback -----------------------------------------------------------------------------
     def feedback(self, request_id: str, label: str | None = None, class_id: int | None = None,
-                 instance: int | None = None) -> dict[str, Any]:
+                 instance: int | None = None, caller: Caller | None = None) -> dict[str, Any]:
         """Record the true label of every record of ``request_id`` (or of one ``instance``).
 
         Give ``label`` or ``class_id``; it must be one of the labels of the models that answered.
+        A ``caller`` (API key id, admin?) may only label its own predictions, unless admin.
         """
         _check_feedback_args(request_id, label, class_id, instance)
         conn = self._open()
@@ -188,6 +190,7 @@ class InputLog:
                 which = "" if instance is None else f" (instance {instance})"
                 raise NotFound(f"No logged prediction has request id {request_id!r}{which}.",
                                "request_not_found")
+            _check_owner(rows, caller)
             label, class_id = self._resolve(conn, rows, label, class_id)
             updated = db.set_feedback(conn, [r["id"] for r in rows], label, class_id)
         finally:
@@ -414,6 +417,15 @@ def _prediction_rows(pending: Pending, images: list[db.ImageRow]) -> list[db.Pre
                 json.dumps(pred.top_k), image.sha256, image.format, image.width, image.height,
                 image.bytes, inst.x, inst.y, inst.crop, latency))
     return rows
+
+
+def _check_owner(rows: list[sqlite3.Row], caller: Caller | None) -> None:
+    """With API keys, feedback on another key's prediction needs an admin key."""
+    if caller is None or caller[1]:
+        return
+    if any(row["api_key_id"] != caller[0] for row in rows):
+        raise Forbidden("This prediction was made with another API key; only that key or an "
+                        "admin key may give feedback on it.", "feedback_forbidden")
 
 
 def _check_feedback_args(request_id: Any, label: Any, class_id: Any, instance: Any) -> None:

@@ -191,7 +191,7 @@ def mark_pruned(conn: sqlite3.Connection, sha256s: list[str]) -> None:
 
 def request_records(conn: sqlite3.Connection, request_id: str,
                     instance: int | None = None) -> list[sqlite3.Row]:
-    sql = "SELECT id, instance, model, version FROM predictions WHERE request_id = ?"
+    sql = "SELECT id, instance, model, version, api_key_id FROM predictions WHERE request_id = ?"
     args: tuple = (request_id,)
     if instance is not None:
         sql, args = sql + " AND instance = ?", (request_id, instance)

@@ -7,6 +7,7 @@ import cherrypy
 
 from ..errors import InvalidInput, NotFound, UnsupportedMediaType
 from ..inputlog import InputLog
+from .access import current_key
 from .bodies import media_type, parse_json, read_body
 from .responses import json_endpoint, require_method
 
@@ -44,4 +45,11 @@ class FeedbackRoutes:
         if media_type() != "application/json":
             raise UnsupportedMediaType("Send feedback as application/json.")
         payload = parse_json(read_body(MAX_FEEDBACK_BYTES))
-        return require_inputlog(self.inputlog).feedback(**feedback_from_json(payload))
+        return require_inputlog(self.inputlog).feedback(**feedback_from_json(payload),
+                                                        caller=current_caller())
+
+
+def current_caller() -> tuple[str, bool] | None:
+    """The request's API key as the input log's feedback check sees it (None: no keys)."""
+    key = current_key()
+    return (key.id, key.admin) if key else None

@@ -145,6 +145,19 @@ def test_predictions_are_logged_with_the_key_id(keyed):
     assert keys["admin"].startswith(f"dk_{key_id}_")
 
 
+def test_feedback_is_for_the_key_that_predicted_or_an_admin(keyed):
+    proc, keys = keyed
+    response = requests.post(proc.url + PREDICT, data=IMAGE,
+                             headers={**PNG, **bearer(keys["user"])}, timeout=10)
+    feedback = {"request_id": response.json()["request_id"], "label": "7"}
+    other = requests.post(proc.url + "/v1/feedback", json=feedback,
+                          headers=bearer(keys["few"]), timeout=10)
+    assert other.status_code == 403 and other.json()["error"]["code"] == "feedback_forbidden"
+    for key in ("user", "admin"):
+        assert requests.post(proc.url + "/v1/feedback", json=feedback, headers=bearer(keys[key]),
+                             timeout=10).status_code == 200
+
+
 # -- the HTML form --------------------------------------------------------------------------
 def test_the_form_asks_for_a_key_and_works_with_one(keyed):
     proc, keys = keyed
