@@ -146,3 +146,43 @@ def test_plain_form_post_without_javascript(browser, expect, server, tmp_path):
         assert re.search(r"Result", page.title())
     finally:
         context.close()
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory):
+    """A server whose form needs an API key (yields its URL and a user key)."""
+    from service.api_keys import add_key
+    from support import ServerProcess
+
+    tmp = tmp_path_factory.mktemp("browser-keys")
+    _, key = add_key(tmp / "keys.json", "tester")
+    proc = ServerProcess(tmp, f'[service]\nmodels = ["digits-cnn"]\n'
+                              f'[auth]\nkeys_file = "{tmp / "keys.json"}"\n').start()
+    yield proc.url, key
+    proc.stop()
+
+
+@pytest.mark.parametrize("javascript", [True, False])
+def test_a_tester_types_the_key_into_the_form(browser, expect, keyed_server, tmp_path,
+                                              javascript):
+    url, key = keyed_server
+    context, page = new_page(browser, java_script_enabled=javascript)
+    try:
+        page.goto(url + "/")
+        page.get_by_label("Image file").set_input_files(FIXTURES / "digit7_28.png")
+        page.get_by_label("API key").fill("not-the-key")
+        page.get_by_role("button", name="Recognize").click()
+        expect(page.locator("#results")).to_contain_text("not valid")
+        page.get_by_label("Image file").set_input_files(FIXTURES / "digit7_28.png")
+        page.get_by_label("API key").fill(key)
+        page.get_by_role("button", name="Recognize").click()
+        cards = page.locator("#results .model-result")
+        expect(cards.locator(".top-label")).to_have_text("7")
+        feedback = cards.first.locator(".feedback")
+        feedback.get_by_role("button", name="Yes").click()  # sends the key along
+        thanks = feedback.locator(".feedback-status") if javascript else page.locator("main")
+        expect(thanks).to_contain_text("Thanks" if javascript else "Thank")
+        page.screenshot(path=tmp_path / f"keyed-{'js' if javascript else 'nojs'}.png",
+                        full_page=True)
+    finally:
+        context.close()
