@@ -121,5 +121,5 @@ def _limited(what: str, wait: float) -> RateLimited:
     if math.isinf(wait):
         return RateLimited(f"Rate limit: {what}; split the request.", retry_after=60,
                            code="rate_limited")
-    return RateLimited(f"Rate limit: {what}. Retry in {wait:.2f} s.",
+    return RateLimited(f"Rate limit: {what}; retry after the Retry-After seconds.",
                        retry_after=math.ceil(wait))
