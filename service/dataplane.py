@@ -79,6 +79,7 @@ def new_request_id() -> str:
 
 class DataPlane:
     def __init__(self, registry: ModelRegistry, *, max_pixels: int = 25_000_000,
+                 max_frames: int = preprocess.DEFAULT_MAX_FRAMES,
                  max_batch_size: int = 256, timeout_s: float = 10.0,
                  sinks: list[PredictionSink] | None = None,
                  observers: list[PredictionObserver] | None = None,
@@ -88,6 +89,7 @@ class DataPlane:
         self.sinks = list(sinks or [])
         self.observers = list(observers or [])
         self.max_pixels = max_pixels
+        self.max_frames = max_frames
         self.max_batch_size = max_batch_size
         self.timeout_s = timeout_s
         preprocess.warm_up()
@@ -151,7 +153,8 @@ class DataPlane:
             t0 = time.monotonic()
             try:
                 img = preprocess.decode_for(inst.data, spec, x=inst.x, y=inst.y, crop=inst.crop,
-                                            max_pixels=self.max_pixels)
+                                            max_pixels=self.max_pixels,
+                                            max_frames=self.max_frames)
                 t1 = time.monotonic()
                 arrays.append(preprocess.to_model_input(img, spec, inst.x, inst.y, inst.crop))
             except InvalidInput as exc:

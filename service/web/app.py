@@ -16,7 +16,7 @@ from ..models.store import open_store
 from .access import Access
 from .api import HealthRoutes, Predictor, V1
 from .bodies import BodyLimits
-from . import limits  # noqa: F401  (registers tools.body_limit)
+from . import connection_guard, limits  # noqa: F401  (limits registers tools.body_limit)
 from .compat import CompatRoutes
 from .observability import ObservabilityRoutes, take_over_access_log, tool_config
 from .plugins import InputLogPlugin, LogWriterPlugin, ModelPlugin
@@ -35,13 +35,15 @@ class Root(HealthRoutes, CompatRoutes, UiRoutes, ObservabilityRoutes):
         self.access = Access(settings.auth, settings.ratelimit, service.max_batch_size)
         self.access.form_error = lambda exc: form_error(self, exc)
         self.plane = DataPlane(registry, max_pixels=service.max_pixels,
+                               max_frames=service.max_frames,
                                max_batch_size=service.max_batch_size,
                                timeout_s=service.request_timeout_s,
                                sinks=[inputlog] if inputlog else [],
                                admission=self.access.charge_images)
         self.start_observing(self.plane)  # metrics and prediction logs
-        self.predictor = Predictor(self.plane, BodyLimits(service.images_root,
-                                                          service.max_body_bytes))
+        self.predictor = Predictor(self.plane, BodyLimits(
+            service.images_root, service.max_body_bytes, service.max_image_bytes,
+            service.max_json_depth, service.max_batch_size))
         self.default_model = service.default_model
         self.mnist_dir = service.mnist_dir
         self.inputlog = inputlog
@@ -82,6 +84,8 @@ def mount(settings: Settings) -> ModelRegistry:
                              poll_interval_s=settings.store.poll_interval_s)
     inputlog = make_inputlog(settings, registry)
     root = Root(settings, registry, inputlog)
+    # Below CherryPy: slow clients are cut, and a full accept queue answers 503 at once.
+    connection_guard.install(service.client_timeout_s, root.service_metrics)
     config = app_config(service.max_body_bytes)
     config["/"].update(tool_config(root.service_metrics))
     config["/"].update({"tools.access.on": True, "tools.access.access": root.access})

@@ -11,7 +11,7 @@ from ..dataplane import Instance
 from ..errors import InvalidInput, NotFound, ServiceError
 from ..models import datasets
 from .api import Predictor
-from .bodies import PredictBody, body_from_json, media_type, parse_json, read_body
+from .bodies import PredictBody, body_from_json, media_type, read_json_body
 from .responses import json_bytes, json_endpoint, require_method, service_error_response
 
 
@@ -62,7 +62,7 @@ class CompatRoutes:
         require_method("POST")
         if media_type() != "application/json":
             return self._classify_one(self.predictor.parse(params))
-        payload = parse_json(read_body(self.predictor.limits.max_body_bytes))
+        payload = read_json_body(self.predictor.limits)
         if not isinstance(payload, dict) or not isinstance(payload.get("requests"), list):
             raise InvalidInput("The JSON body needs 'requests': [{\"image\": base64}, ...].",
                                "missing_image")

@@ -21,7 +21,7 @@ from ..errors import InvalidInput, ServiceError
 from ..models import preprocess
 from ..models.registry import ModelState
 from .api import request_context
-from .bodies import instance_from_options
+from .bodies import check_image_bytes, instance_from_options
 from .feedback import current_caller, require_inputlog
 from .responses import HTTP_CODES, note_error, require_method
 
@@ -66,7 +66,7 @@ ERROR_TITLES = {  # by error code first, then by HTTP status
 }
 
 
-def _upload_instance(image: Any, x: Any, y: Any) -> Instance:
+def _upload_instance(image: Any, x: Any, y: Any, max_bytes: int) -> Instance:
     if isinstance(image, list):
         raise InvalidInput("Upload one image at a time.", "bad_parameter")
     if image is None or getattr(image, "file", None) is None:
@@ -76,6 +76,7 @@ def _upload_instance(image: Any, x: Any, y: Any) -> Instance:
     if not data:
         raise InvalidInput("The chosen file is empty (0 bytes); choose another image.",
                            "missing_image")
+    check_image_bytes(data, max_bytes, "The chosen file")
     # The API's own rules for x and y (numbers; both or neither).
     return instance_from_options(data, {"x": x, "y": y})
 
@@ -241,7 +242,7 @@ class UiRoutes:
         require_method("POST")
         form = _form_values(model, x, y)
         try:
-            instance = _upload_instance(image, x, y)
+            instance = _upload_instance(image, x, y, self.predictor.limits.max_image_bytes)
             if not isinstance(model, str):
                 raise InvalidInput("Choose one model, or all models.", "bad_parameter")
             names = None if model in ("", "all") else [model]

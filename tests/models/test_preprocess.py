@@ -5,6 +5,7 @@ import io
 import json
 import math
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -22,10 +23,14 @@ from service.errors import (
 )
 from service.models.datasets import load_mnist
 from service.models.preprocess import (
+    DEFAULT_MAX_FRAMES,
+    MAX_TIFF_TAGS,
     ORIGINAL_SIZE_KEY,
     SUPPORTED_FORMATS,
     PreprocessSpec,
+    check_container,
     decode,
+    document_format,
     preprocess,
     to_model_input,
     to_png,
@@ -542,3 +547,171 @@ def test_to_png_rejects_bad_arrays():
 def test_to_png_clips_out_of_range_values():
     img = Image.open(io.BytesIO(to_png(np.array([[-1.0, 2.0], [math.nan, 0.5]]), scale=1)))
     assert np.asarray(img).tolist() == [[0, 255], [0, 128]]
+
+
+# --- container checks: frames and blocks, from the structure alone ----------------------
+
+
+def noisy_frames(n: int) -> list[Image.Image]:
+    """``n`` different 28x28 frames (identical ones would be merged by the encoders)."""
+    rng = np.random.default_rng(n)
+    return [Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)) for _ in range(n)]
+
+
+def animation(fmt: str, n: int) -> bytes:
+    frames = noisy_frames(n)
+    extra = {"lossless": True} if fmt == "WEBP" else {}
+    return encode(frames[0], fmt, save_all=True, append_images=frames[1:], **extra)
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def insert_before_idat(png: bytes, chunks: bytes) -> bytes:
+    at = png.index(b"IDAT") - 4
+    return png[:at] + chunks + png[at:]
+
+
+def refused(data: bytes, **limits) -> ServiceError:
+    with pytest.raises(ServiceError) as info:
+        check_container(data, **limits)
+    return info.value
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "TIFF", "WEBP", "PNG"])
+def test_more_frames_than_max_frames_is_413(fmt):
+    assert Image.open(io.BytesIO(animation(fmt, 4))).n_frames == 4  # what Pillow would count
+    decode(animation(fmt, 3), max_frames=3)
+    with pytest.raises(PayloadTooLarge) as info:
+        decode(animation(fmt, 4), max_frames=3)
+    assert info.value.status == 413 and info.value.code == "too_many_frames"
+
+
+def test_max_frames_reaches_preprocess_and_the_default_is_100():
+    assert DEFAULT_MAX_FRAMES == 100
+    data = animation("GIF", 5)
+    with pytest.raises(PayloadTooLarge):
+        preprocess(data, max_frames=4)
+    preprocess(data, max_frames=5, spec=RGB_SPEC)
+
+
+def test_mpo_frames_are_counted_from_its_header():
+    frames = [img.convert("RGB") for img in noisy_frames(3)]
+    data = encode(frames[0], "MPO", save_all=True, append_images=frames[1:])
+    with pytest.raises(PayloadTooLarge) as info:
+        decode(data, max_frames=2)
+    assert info.value.code == "too_many_frames"
+
+
+def gif_with_frames(n: int) -> bytes:
+    frame = b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"
+    return b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0x80, 0, 0) + b"\0" * 6 + frame * n + b";"
+
+
+def test_frame_count_stops_early_and_never_asks_pillow(monkeypatch):
+    monkeypatch.setattr(Image, "open", lambda *a, **k: pytest.fail("Pillow was asked"))
+    started = time.monotonic()
+    assert refused(gif_with_frames(500_000)).code == "too_many_frames"  # 7.5 MB of frames
+    assert time.monotonic() - started < 0.5
+
+
+def test_a_lying_actl_is_refused_from_its_declaration():
+    data = insert_before_idat(encode(Image.new("L", (28, 28)), "PNG"),
+                              png_chunk(b"acTL", struct.pack(">II", 10**6, 0)))
+    assert refused(data).code == "too_many_frames"
+
+
+@pytest.mark.parametrize("name, make", [
+    ("gif sub-blocks", lambda g: g[:g.index(b"\x2c")] + b"\x21\xfe" + b"\x01X" * 500_000
+     + b"\0" + g[g.index(b"\x2c"):]),
+    ("gif stray bytes", lambda g: g[:g.index(b"\x2c")] + b"\0" * 1_000_000 + g[g.index(b"\x2c"):]),
+])
+def test_gif_block_floods_are_413(name, make):
+    error = refused(make(encode(Image.new("P", (1, 1)), "GIF")))
+    assert error.status == 413 and error.code == "too_many_blocks", name
+
+
+def test_png_chunk_and_jpeg_marker_floods_are_413():
+    png = insert_before_idat(encode(Image.new("L", (8, 8)), "PNG"), png_chunk(b"prIv", b"") * 100_000)
+    jpeg = encode(Image.new("L", (8, 8)), "JPEG")
+    app0_end = 4 + int.from_bytes(jpeg[4:6], "big")
+    for data in (png, jpeg[:2] + b"\xff\xfe\x00\x02" * 300_000 + jpeg[2:],
+                 jpeg[:app0_end] + b"\0" * 1_000_000 + jpeg[app0_end:]):
+        started = time.monotonic()
+        assert refused(data).code == "too_many_blocks"
+        assert time.monotonic() - started < 0.5
+
+
+def tiff_entries(count: int) -> bytes:
+    return b"II*\0" + struct.pack("<IH", 8, count) + b"\0" * 12 * count + struct.pack("<I", 0)
+
+
+def test_a_tiff_directory_with_too_many_tags_is_413():
+    check_container(tiff_entries(MAX_TIFF_TAGS))
+    assert refused(tiff_entries(MAX_TIFF_TAGS + 1)).code == "too_many_blocks"
+
+
+def test_big_real_images_fit_the_block_budget():
+    rng = np.random.default_rng(0)
+    noise = Image.fromarray(rng.integers(0, 255, (1200, 1200), dtype=np.uint8))
+    for fmt in ("GIF", "PNG", "JPEG", "TIFF", "WEBP"):
+        data = encode(noise, fmt)
+        assert len(data) > 500_000 or fmt in ("JPEG", "WEBP"), fmt
+        check_container(data)
+
+
+@pytest.mark.parametrize("name, data", [
+    ("tiff ifd loop A->B->A", b"II*\0" + struct.pack("<IH", 8, 0) + struct.pack("<I", 14)
+     + struct.pack("<H", 0) + struct.pack("<I", 8)),
+    ("tiff ifd past the end", b"II*\0" + struct.pack("<I", 1 << 31)),
+    ("bigtiff ifd loop", b"II+\0" + struct.pack("<HHQ", 8, 0, 16) + struct.pack("<QQ", 0, 16)),
+    ("png chunk length 2**32-1", b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 2**32 - 1) + b"IHDR" * 4),
+    ("webp chunk size 2**32-1", b"RIFF\0\0\0\0WEBP" + b"VP8 " + struct.pack("<I", 2**32 - 1)),
+    ("jpeg zero-length markers", b"\xff\xd8\xff" + b"\xe1\x00\x00\xff" * 1000),
+    ("gif with only a header", b"GIF89a"),
+    ("gif descriptor cut short", b"GIF89a" + b"\0" * 7 + b"\x2c\x00"),
+])
+def test_walkers_end_on_hostile_structures(name, data):
+    started = time.monotonic()
+    try:
+        check_container(data)
+        decode(data)
+    except ServiceError as exc:
+        assert 400 <= exc.status < 500, name
+    assert time.monotonic() - started < 0.5, name
+
+
+def test_a_huge_webp_canvas_is_refused_before_libwebp_allocates_it(monkeypatch):
+    still = encode(Image.new("L", (28, 28)), "WEBP", lossless=True)
+    vp8x = b"VP8X" + struct.pack("<I", 10) + b"\0" * 4 + (9999).to_bytes(3, "little") * 2
+    body = b"WEBP" + vp8x + still[12:]
+    monkeypatch.setattr(Image, "open", lambda *a, **k: pytest.fail("Pillow was asked"))
+    with pytest.raises(PayloadTooLarge) as info:
+        decode(b"RIFF" + struct.pack("<I", len(body)) + body)
+    assert info.value.code == "image_too_large" and "10000x10000" in info.value.message
+
+
+SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"/>'
+
+
+@pytest.mark.parametrize("data, fmt", [
+    (SVG, "SVG"),
+    (b"\xef\xbb\xbf\r\n  <?xml version='1.0'?>\n<!-- drawn -->\n" + SVG, "SVG"),
+    (b"\xff\xfe" + SVG.decode().encode("utf-16-le"), "SVG"),
+    (b"\xfe\xff" + b"<!DOCTYPE svg>".decode().encode("utf-16-be"), "SVG"),
+    (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n", "PDF"),
+    (b"\n<!doctype HTML><title>x</title>", "HTML"),
+    (b"<html><body>7</body></html>", "HTML"),
+    (b"<?xml version='1.0'?><digit/>", "XML"),
+])
+def test_documents_are_415_by_their_leading_bytes(data, fmt):
+    assert document_format(data) == fmt
+    with pytest.raises(UnsupportedMediaType) as info:
+        decode(data)
+    assert info.value.code == "unsupported_image_format" and fmt in info.value.message
+
+
+@pytest.mark.parametrize("data", [b"<3 digits", b"hello <svg>", b"\0\0\0\0<svg", b"%PD", b""])
+def test_other_bytes_are_not_documents(data):
+    assert document_format(data) is None

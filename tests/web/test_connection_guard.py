@@ -1,0 +1,359 @@
+"""Slow clients are cut at ``client_timeout_s``; a full accept queue answers 503 at once.
+
+Real servers on loopback, spoken to over raw sockets (one server per configuration), plus
+in-process checks of the watchdog on socket pairs.
+"""
+from __future__ import annotations
+
+import io
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import cherrypy
+import pytest
+import requests
+from cheroot.server import KnownLengthRFile
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.web.connection_guard import ConnectionGuard, GuardedBody
+from support import FIXTURES, ServerProcess
+
+PNG7 = (FIXTURES / "digit7_28.png").read_bytes()
+PREDICT = "/v1/models/digits-cnn/predict"
+TIMEOUT_S = 2.0      # client_timeout_s of the slowloris server
+THREADS = 3
+SOCKET_TIMEOUT_S = 4  # cheroot's per-recv (and idle keep-alive) timeout there
+SLACK_S = 1.5        # the watchdog looks every 0.5 s; the rest is scheduling on shared cores
+QUEUE_TIMEOUT_S = 3.0
+
+
+# -- servers ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def slow_server(tmp_path_factory) -> ServerProcess:
+    config = (f'[service]\nmodels = ["digits-cnn"]\nclient_timeout_s = {TIMEOUT_S}\n'
+              f"[global]\nserver.thread_pool = {THREADS}\n"
+              f"server.socket_timeout = {SOCKET_TIMEOUT_S}\n")
+    server = ServerProcess(tmp_path_factory.mktemp("slow"), config).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def small_queue_server(tmp_path_factory) -> ServerProcess:
+    config = (f'[service]\nmodels = ["digits-cnn"]\nclient_timeout_s = {QUEUE_TIMEOUT_S}\n'
+              "[global]\nserver.thread_pool = 2\nserver.accepted_queue_size = 2\n")
+    server = ServerProcess(tmp_path_factory.mktemp("queue"), config).start()
+    yield server
+    server.stop()
+
+
+# -- raw clients -----------------------------------------------------------------------------
+@dataclass
+class SlowClient:
+    """A raw connection that sends its request a byte at a time, and notices being cut."""
+
+    sock: socket.socket
+    started: float = field(default_factory=time.monotonic)
+    received: bytes = b""
+    closed_after: float | None = None
+
+    @classmethod
+    def open(cls, port: int, head: bytes = b"") -> "SlowClient":
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.settimeout(None)  # blocking, so MSG_DONTWAIT reads never wait
+        if head:
+            sock.sendall(head)
+        return cls(sock)
+
+    def poke(self, byte: bytes = b"a") -> None:
+        try:
+            self.sock.send(byte)
+        except OSError:
+            pass  # cut: the read below sees the close
+        self.read_available()
+
+    def read_available(self) -> None:
+        while self.closed_after is None:
+            try:
+                data = self.sock.recv(65536, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.closed_after = time.monotonic() - self.started
+                self.sock.close()
+            self.received += data
+
+
+def trickle(clients: list[SlowClient], limit_s: float, interval_s: float = 0.5) -> None:
+    """Send each open client one more byte every ``interval_s`` until all are cut."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline and any(c.closed_after is None for c in clients):
+        for client in clients:
+            if client.closed_after is None:
+                client.poke()
+        time.sleep(interval_s)
+    for client in clients:
+        if client.closed_after is None:
+            client.sock.close()
+
+
+def in_background(target, *args) -> threading.Thread:
+    thread = threading.Thread(target=target, args=args, daemon=True)
+    thread.start()
+    return thread
+
+
+def parse_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+def read_until_closed(sock: socket.socket, timeout_s: float) -> bytes:
+    sock.settimeout(timeout_s)
+    chunks = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(65536)
+        except (ConnectionResetError, TimeoutError):
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+def read_one_response(sock: socket.socket, timeout_s: float = 10) -> tuple[int, dict, bytes]:
+    """One Content-Length response off a keep-alive connection."""
+    sock.settimeout(timeout_s)
+    raw = b""
+    while b"\r\n\r\n" not in raw:
+        data = sock.recv(65536)
+        assert data, f"closed mid-response: {raw!r}"
+        raw += data
+    status, headers, body = parse_response(raw)
+    while len(body) < int(headers["content-length"]):
+        data = sock.recv(65536)
+        assert data, "closed mid-body"
+        body += data
+    return status, headers, body
+
+
+def get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+
+
+def error_code(raw: bytes) -> tuple[int, dict, str]:
+    status, headers, body = parse_response(raw)
+    return status, headers, json.loads(body)["error"]["code"]
+
+
+def rejected(url: str, code: str) -> float:
+    text = requests.get(url + "/metrics", timeout=5).text
+    return sum(s.value for family in text_string_to_metric_families(text)
+               for s in family.samples
+               if s.name == "digits_http_rejected_requests_total" and s.labels["code"] == code)
+
+
+# -- slow clients ----------------------------------------------------------------------------
+def test_trickled_headers_are_cut_while_others_are_served(slow_server):
+    slow = SlowClient.open(slow_server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    thread = in_background(trickle, [slow], TIMEOUT_S + 5)
+    time.sleep(1.0)
+    started = time.monotonic()
+    assert requests.get(slow_server.url + "/healthz", timeout=5).status_code == 200
+    assert time.monotonic() - started < 1.0
+    assert slow.closed_after is None  # the normal client was served meanwhile
+    thread.join()
+    assert slow.closed_after is not None, "never cut"
+    assert TIMEOUT_S - 0.1 <= slow.closed_after <= TIMEOUT_S + SLACK_S
+    status, headers, code = error_code(slow.received)
+    assert (status, code) == (408, "request_timeout")
+    assert headers["connection"] == "close" and headers["content-type"] == "application/json"
+    assert "still sending its headers" in slow_server.log()
+
+
+def test_more_slow_clients_than_threads_do_not_starve_the_pool(slow_server):
+    clients = [SlowClient.open(slow_server.port, b"GET /hea") for _ in range(THREADS + 2)]
+    thread = in_background(trickle, clients, 2 * TIMEOUT_S + 5)
+    time.sleep(0.5)
+    started = time.monotonic()  # every thread is held: this waits for one to be freed
+    normal = requests.get(slow_server.url + "/healthz", timeout=15)
+    waited = time.monotonic() - started
+    thread.join()
+    assert normal.status_code == 200 and waited <= TIMEOUT_S + SLACK_S
+    assert waited >= 1.0  # the pool really was held until the first cuts
+    cut = sorted(c.closed_after for c in clients if c.closed_after is not None)
+    assert len(cut) == THREADS + 2, "some slow clients were never cut"
+    assert all(parse_response(c.received)[0] == 408 for c in clients)
+    # The last two only got a worker once the first were cut: their threads were reused.
+    assert all(TIMEOUT_S - 0.1 <= t <= TIMEOUT_S + SLACK_S for t in cut[:THREADS])
+    assert all(2 * TIMEOUT_S - 0.2 <= t <= 2 * TIMEOUT_S + 2 * SLACK_S for t in cut[THREADS:])
+    started = time.monotonic()
+    assert requests.get(slow_server.url + "/healthz", timeout=5).status_code == 200
+    assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.parametrize("framing", ["Content-Length: 1000\r\n\r\n",
+                                     "Transfer-Encoding: chunked\r\n\r\n3e8\r\n"])
+def test_trickled_body_is_cut_with_a_json_408(slow_server, framing):
+    head = f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n{framing}"
+    slow = SlowClient.open(slow_server.port, head.encode())
+    trickle([slow], TIMEOUT_S + 5)
+    assert slow.closed_after is not None, "never cut"
+    assert TIMEOUT_S - 0.1 <= slow.closed_after <= TIMEOUT_S + SLACK_S
+    status, headers, code = error_code(slow.received)
+    assert (status, code) == (408, "request_timeout")
+    assert headers["connection"] == "close"
+    assert "still sending its body" in slow_server.log()
+
+
+def test_slow_but_complete_request_is_served(slow_server):
+    request = (f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+               f"Content-Length: {len(PNG7)}\r\nConnection: close\r\n\r\n").encode() + PNG7
+    pieces = [request[i * len(request) // 6:(i + 1) * len(request) // 6] for i in range(6)]
+    sock = socket.create_connection(("127.0.0.1", slow_server.port), timeout=5)
+    with sock:
+        for piece in pieces:  # 1.5 s in all: slow, but within the 2 s
+            sock.sendall(piece)
+            time.sleep(0.25)
+        status, _, body = parse_response(read_until_closed(sock, 10))
+    assert status == 200, body
+    assert json.loads(body)["predictions"][0]["class"] == 7
+
+
+def test_idle_keep_alive_is_left_to_cheroot(slow_server):
+    sock = socket.create_connection(("127.0.0.1", slow_server.port), timeout=5)
+    with sock:
+        sock.sendall(get("/healthz"))
+        assert read_one_response(sock)[0] == 200
+        time.sleep(TIMEOUT_S + 1)  # idle between requests: not the guard's business
+        sock.sendall(get("/healthz"))
+        assert read_one_response(sock)[0] == 200  # the same connection, still open
+        idle_from = time.monotonic()
+        assert read_until_closed(sock, SOCKET_TIMEOUT_S + 5) == b""  # cheroot's timeout closes it
+        idle_for = time.monotonic() - idle_from
+    assert SOCKET_TIMEOUT_S - 0.5 <= idle_for <= SOCKET_TIMEOUT_S + SLACK_S
+
+
+def test_cuts_are_counted_in_metrics(slow_server):
+    before = rejected(slow_server.url, "slow_client")
+    silent = SlowClient.open(slow_server.port)  # connects, never sends: holds a worker
+    deadline = time.monotonic() + TIMEOUT_S + 5
+    while silent.closed_after is None and time.monotonic() < deadline:
+        silent.read_available()
+        time.sleep(0.1)
+    assert silent.closed_after is not None and silent.closed_after <= TIMEOUT_S + SLACK_S
+    assert rejected(slow_server.url, "slow_client") >= before + 1
+    assert "still sending its request line" in slow_server.log()
+
+
+# -- the accept queue ------------------------------------------------------------------------
+def test_full_accept_queue_answers_503_at_once(small_queue_server):
+    port = small_queue_server.port
+    before = rejected(small_queue_server.url, "overloaded")
+    holders = [SlowClient.open(port, b"GET /hea") for _ in range(2)]  # both threads
+    time.sleep(0.3)
+    waiting = [SlowClient.open(port, get("/healthz")) for _ in range(2)]  # the queue's two
+    time.sleep(0.3)
+    answers = []
+    for _ in range(3):
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as probe:
+            probe.sendall(get("/healthz"))
+            answers.append((read_until_closed(probe, 5), time.monotonic() - started))
+    for client in waiting:
+        client.read_available()
+        assert client.received == b"" and client.closed_after is None  # queued, not refused
+    for raw, seconds in answers:
+        status, headers, code = error_code(raw)
+        assert (status, code) == (503, "overloaded") and seconds < 1.0
+        assert headers["retry-after"] == "1" and headers["content-type"] == "application/json"
+        assert headers["connection"] == "close"
+    # Once the holders are cut, the queued requests are served.
+    for client in waiting:
+        deadline = time.monotonic() + QUEUE_TIMEOUT_S + 5
+        while b"\r\n\r\n" not in client.received and time.monotonic() < deadline:
+            client.read_available()
+            time.sleep(0.1)
+        assert parse_response(client.received)[0] == 200
+        client.sock.close()
+    for client in holders:
+        client.read_available()
+        client.sock.close()
+    assert rejected(small_queue_server.url, "overloaded") >= before + 3
+
+
+# -- the watchdog, in process ----------------------------------------------------------------
+def fake_request(started_request: bool, ready: bool) -> SimpleNamespace:
+    return SimpleNamespace(started_request=started_request, ready=ready, guard_cut=False,
+                           sent_headers=False, close_connection=False,
+                           server=SimpleNamespace(guard=SimpleNamespace(timeout_s=TIMEOUT_S)))
+
+
+class FakeConnection:
+    """What the guard reads off a cheroot connection (hashable, like the real one)."""
+
+    remote_addr, remote_port = "127.0.0.1", 1
+
+    def __init__(self, sock: socket.socket):
+        self.socket = sock
+
+
+@pytest.fixture
+def pair():
+    ours, theirs = socket.socketpair()
+    ours.settimeout(5)  # timeout mode, as cheroot's accepted sockets are
+    yield FakeConnection(ours), theirs
+    ours.close()
+    theirs.close()
+
+
+def test_watchdog_cuts_late_headers_with_a_408(pair):
+    conn, peer = pair
+    rejections = []
+    guard = ConnectionGuard(TIMEOUT_S, lambda code, status: rejections.append((code, status)))
+    request = fake_request(started_request=True, ready=False)
+    guard.watch(conn, request)
+    assert guard.sweep(time.monotonic()) == 0  # not yet late
+    assert guard.sweep(time.monotonic() + TIMEOUT_S) == 1
+    status, _, code = error_code(read_until_closed(peer, 2))
+    assert (status, code) == (408, "request_timeout")
+    assert request.guard_cut and rejections == [("slow_client", 408)]
+    assert guard.watching() == 0
+
+
+def test_watchdog_spares_released_requests_and_complete_bodies(pair):
+    conn, peer = pair
+    guard = ConnectionGuard(TIMEOUT_S, lambda code, status: pytest.fail("counted a cut"))
+    guard.watch(conn, fake_request(started_request=False, ready=False))
+    guard.release(conn)
+    assert guard.sweep(time.monotonic() + TIMEOUT_S) == 0
+    request = fake_request(started_request=True, ready=True)
+    request.rfile = GuardedBody(KnownLengthRFile(io.BytesIO(b"abc"), 3), request)
+    request.rfile.read()  # the whole body arrived: what follows is the app's time
+    guard.watch(conn, request)
+    assert guard.sweep(time.monotonic() + TIMEOUT_S) == 0
+    assert guard.watching() == 0 and not request.guard_cut
+    with pytest.raises(BlockingIOError):
+        peer.recv(1, socket.MSG_DONTWAIT)  # left open, nothing written
+
+
+def test_body_read_after_a_cut_answers_408_to_the_app():
+    request = fake_request(started_request=True, ready=True)
+    body = GuardedBody(KnownLengthRFile(io.BytesIO(b"abc"), 10), request)
+    assert body.read(2) == b"ab" and not body.complete
+    request.guard_cut = True
+    with pytest.raises(cherrypy.HTTPError) as raised:
+        body.read()
+    assert raised.value.status == 408 and request.close_connection
+    request.sent_headers = True  # cheroot skipping the rest of the body: no error then
+    assert body.read() == b"" and body.remaining == 7
