@@ -4,21 +4,30 @@ Each worker thread imports the graph and creates its own ``tf.compat.v1.Session`
 thread ever calls ``session.run`` on it. Callers submit numpy batches to one bounded queue
 and get a ``Future``; a worker merges queued submissions into one run of up to
 ``max_batch_size`` rows, waiting at most ``batch_timeout_ms`` for more to arrive.
+
+A supervisor thread replaces a worker that died or whose ``session.run`` has taken longer
+than ``worker_timeout_s``: it fails the requests that worker held with ``Unavailable``
+(code ``worker_restarted``), retires it, and starts a fresh worker (and session) from the
+graph bytes held in memory.
 """
 from __future__ import annotations
 
+import itertools
+import logging
 import os
 import queue
 import threading
 import time
 from collections import Counter
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..errors import DeadlineExceeded, Overloaded, Unavailable
+
+log = logging.getLogger("service.models")
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,8 @@ class PoolSettings:
     queue_size: int = 1024          # pending submissions before Overloaded
     intra_op_threads: int = 0       # 0: cores // pool_size, so sessions x threads <= cores
     inter_op_threads: int = 1
+    # A session.run taking longer than this is deemed wedged: its worker is replaced.
+    worker_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         for key in ("pool_size", "max_batch_size", "queue_size"):
@@ -39,9 +50,15 @@ class PoolSettings:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.batch_timeout_ms < 0:
             raise ValueError(f"batch_timeout_ms must be >= 0, got {self.batch_timeout_ms}")
+        if not self.worker_timeout_s > 0:
+            raise ValueError(f"worker_timeout_s must be > 0, got {self.worker_timeout_s}")
 
     def threads_per_session(self) -> int:
         return self.intra_op_threads or max(1, (os.cpu_count() or 1) // self.pool_size)
+
+    def check_interval(self) -> float:
+        """Seconds between supervisor checks: a wedge is seen within timeout + this."""
+        return min(1.0, self.worker_timeout_s / 4)
 
 
 @dataclass
@@ -69,14 +86,40 @@ class _Session:
 
     ``make_callable`` prepares the feed and fetch once: each run skips ``session.run``'s
     per-call feed-dict handling, which dominates at the small batches of a busy server.
+    ``run`` is a plain attribute, so a test can swap in a callable that hangs or raises.
     """
 
     def __init__(self, session: Any, input_tensor: Any, output_tensor: Any):
         self.session = session
+        self.owner = threading.get_ident()  # the creating thread: the only one that runs it
         self.run = session.make_callable(output_tensor, feed_list=[input_tensor])
 
     def close(self) -> None:
         self.session.close()
+
+
+class _Worker:
+    """One worker thread and what the supervisor needs to see of it.
+
+    The worker thread writes ``batch``, ``carry`` and ``running_since``; the supervisor reads
+    them and sets ``retired`` (under the pool lock while a run is in progress).
+    """
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        self.opened = threading.Event()             # set once the session exists or failed
+        self.open_error: BaseException | None = None
+        self.session: _Session | None = None        # the worker's own; exposed for tests
+        self.batch: list[_Submission] = []          # the current (or last) run's submissions
+        self.carry: _Submission | None = None       # taken off the queue for the next run
+        self.running_since: float | None = None     # monotonic start of the run in progress
+        self.stopped = False                        # left on _STOP: a clean exit
+        self.retired = False                        # replaced: discard any result, exit
+
+    def held(self) -> list[_Submission]:
+        """Submissions taken off the queue and not yet answered."""
+        taken = self.batch + ([self.carry] if self.carry is not None else [])
+        return [s for s in taken if not s.future.done()]
 
 
 @dataclass
@@ -87,6 +130,7 @@ class PoolStats:
     run_threads: set = field(default_factory=set)
     owner_threads: set = field(default_factory=set)
     timeouts: int = 0
+    restarts: Counter = field(default_factory=Counter)   # by reason: "crashed", "wedged"
 
 
 class SessionPool:
@@ -97,40 +141,100 @@ class SessionPool:
         self.settings = settings
         self.name = name
         self.stats = PoolStats()
+        # Replacement sessions are built from these bytes, never from disk: a model file
+        # changed or corrupted after start-up cannot break a restart.
         self._graph_def_bytes = graph_def_bytes
         self._input = input_name
         self._output = output_name
         self._queue: queue.Queue = queue.Queue(maxsize=settings.queue_size)
-        self._workers: list[threading.Thread] = []
-        self._ready = threading.Barrier(settings.pool_size + 1)
-        self._start_errors: list[BaseException] = []
+        self._workers: list[_Worker] = []       # in service; changed under self._lock
+        self._ids = itertools.count()
         self._accepting = False
         self._lock = threading.Lock()
+        self._halt = threading.Event()
+        self._monitor: threading.Thread | None = None
         self.busy = 0
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self, timeout: float = 120.0) -> "SessionPool":
         """Start the workers; returns once every session exists (raises if one failed)."""
-        for index in range(self.settings.pool_size):
-            worker = threading.Thread(target=self._work, name=f"{self.name}-session-{index}",
-                                      daemon=True)
-            worker.start()
-            self._workers.append(worker)
-        self._ready.wait(timeout)
-        if self._start_errors:
+        self._workers = [self._spawn() for _ in range(self.settings.pool_size)]
+        deadline = time.monotonic() + timeout
+        for worker in self._workers:
+            worker.opened.wait(max(0.0, deadline - time.monotonic()))
+        failed = [w for w in self._workers if w.open_error is not None]
+        if failed or not all(w.opened.is_set() for w in self._workers):
+            self._workers = [w for w in self._workers if w.open_error is None]
             self.stop()
-            raise self._start_errors[0]
+            if failed:
+                raise failed[0].open_error
+            raise TimeoutError(f"model {self.name}: sessions not ready within {timeout:.3g} s")
+        self._halt.clear()
+        self._monitor = threading.Thread(target=self._supervise, name=f"{self.name}-supervisor",
+                                         daemon=True)
+        self._monitor.start()
         self._accepting = True
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Refuse new work, let workers finish everything already queued, then end them."""
+        """Refuse new work, let workers finish everything already queued, then end them.
+
+        The supervisor keeps replacing crashed or wedged workers meanwhile, so queued work
+        still drains; whatever is unanswered after ``timeout`` fails with ``Unavailable``.
+        """
         self._accepting = False
-        for _ in self._workers:
-            self._queue.put(_STOP)
-        for worker in self._workers:
-            worker.join(timeout)
-        self._workers = []
+        deadline = time.monotonic() + timeout
+        try:
+            for _ in self._active():
+                # Bounded: a full queue behind a wedged worker must not block stop() forever.
+                self._queue.put(_STOP, timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Full:
+            pass  # the wait below ends at the deadline; _abandon answers what is left
+        self._wait_for_workers(deadline)
+        self._halt.set()
+        if self._monitor is not None:
+            self._monitor.join(max(0.0, deadline - time.monotonic()))
+            self._monitor = None
+        with self._lock:
+            leftovers, self._workers = self._workers, []
+        self._abandon(leftovers)
+
+    def _wait_for_workers(self, deadline: float) -> None:
+        """Until every worker in service has left on _STOP, or ``deadline``."""
+        interval = self.settings.check_interval()
+        while True:
+            # A dead worker that did not stop is the supervisor's to replace: keep waiting.
+            pending = [w for w in self._active() if not w.stopped]
+            remaining = deadline - time.monotonic()
+            if not pending or remaining <= 0:
+                return
+            if pending[0].thread.is_alive():
+                pending[0].thread.join(min(interval, remaining))
+            else:
+                time.sleep(min(interval, remaining))
+
+    def _abandon(self, leftovers: list[_Worker]) -> None:
+        """After stop's timeout: fail what is still held or queued; wedged threads are left."""
+        for worker in leftovers:
+            if not worker.stopped:
+                self._retire(worker)  # first: whatever it collects from now on, it drops
+        unanswered = [s for w in leftovers if not w.stopped for s in w.held()]
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                unanswered.append(item)
+        for item in unanswered:
+            _fail(item.future, Unavailable(f"model {self.name} stopped before answering",
+                                           "model_unavailable"))
+        for worker in leftovers:
+            if not worker.stopped and worker.thread.is_alive():
+                try:
+                    self._queue.put_nowait(_STOP)  # one still opening its session ends at once
+                except queue.Full:
+                    break
 
     @property
     def queue_depth(self) -> int:
@@ -162,28 +266,126 @@ class SessionPool:
             future.cancel()
             raise DeadlineExceeded(f"model {self.name} did not answer within {timeout:.3g} s")
 
+    # -- supervisor -------------------------------------------------------------------------
+    def _active(self) -> list[_Worker]:
+        with self._lock:
+            return list(self._workers)
+
+    def _supervise(self) -> None:
+        interval = self.settings.check_interval()
+        while not self._halt.wait(interval):
+            try:
+                self._check_workers()
+            except Exception:  # one failed check must not end supervision
+                log.exception("model %s: worker supervision check failed", self.name)
+
+    def _check_workers(self) -> None:
+        now = time.monotonic()
+        for worker in self._active():
+            # A worker already retired here was left in place only if its replacement failed
+            # to start a thread: try again.
+            if not worker.retired:
+                reason = self._fault(worker, now)
+                if reason is None:
+                    continue
+                self._report(worker, reason)
+            self._replace(worker)
+
+    def _fault(self, worker: _Worker, now: float) -> str | None:
+        """Why ``worker`` must be replaced (it is then retired), or None if it is healthy."""
+        if worker.thread.is_alive():
+            return "wedged" if self._retire_if_wedged(worker, now) else None
+        if worker.stopped:
+            return None  # left on _STOP during stop()
+        worker.retired = True
+        return "crashed" if worker.open_error is None else "open_failed"
+
+    def _retire_if_wedged(self, worker: _Worker, now: float) -> bool:
+        # Under the lock the worker cannot finish this run meanwhile: either it ends the run
+        # first (and delivers), or it sees ``retired`` afterwards (and discards).
+        with self._lock:
+            since = worker.running_since
+            if since is None or now - since <= self.settings.worker_timeout_s:
+                return False
+            self._retire_locked(worker)
+            return True
+
+    def _retire(self, worker: _Worker) -> None:
+        with self._lock:
+            self._retire_locked(worker)
+
+    def _retire_locked(self, worker: _Worker) -> None:
+        if worker.running_since is not None and not worker.retired:
+            self.busy -= 1  # its run's own decrement is skipped once retired
+        worker.retired = True
+
+    def _report(self, worker: _Worker, reason: str) -> None:
+        """Log the fault and fail every request the retired worker held."""
+        if reason == "open_failed":
+            log.error("model %s: replacement worker %s could not open its session (%s); "
+                      "retrying", self.name, worker.thread.name, worker.open_error,
+                      extra={"event": "worker_open_failed", "model": self.name})
+            return
+        self.stats.restarts[reason] += 1
+        held = worker.held()
+        log.warning("model %s: session worker %s %s; failing the %d request(s) it held and "
+                    "starting a replacement", self.name, worker.thread.name, reason, len(held),
+                    extra={"event": "worker_restart", "model": self.name, "reason": reason})
+        for item in held:
+            _fail(item.future, Unavailable(
+                f"model {self.name}: the session worker {reason} and was restarted; "
+                "try again", "worker_restarted"))
+
+    def _replace(self, old: _Worker) -> None:
+        new = self._spawn()
+        with self._lock:
+            self._workers = [new if w is old else w for w in self._workers]
+
     # -- workers ----------------------------------------------------------------------------
-    def _work(self) -> None:
+    def _spawn(self) -> _Worker:
+        worker = _Worker()
+        worker.thread = threading.Thread(target=self._work, args=(worker,), daemon=True,
+                                         name=f"{self.name}-session-{next(self._ids)}")
+        worker.thread.start()
+        return worker
+
+    def _work(self, worker: _Worker) -> None:
         try:
             session = self._open_session()
-        except BaseException as exc:  # reported to start(), which re-raises it
-            self._start_errors.append(exc)
-            self._ready.wait()
+        except BaseException as exc:  # start() re-raises it; the supervisor retries
+            worker.open_error = exc
+            worker.opened.set()
             return
+        worker.session = session
         self.stats.owner_threads.add(threading.get_ident())
-        self._ready.wait()
-        carry: _Submission | None = None
-        expected = 1
+        worker.opened.set()
         try:
-            while True:
-                batch, carry, stop = self._collect(carry, expected)
-                if batch:
-                    self._execute(session, batch)
-                    expected = len(batch)
-                if stop:
-                    break
+            self._loop(worker, session)
+        except BaseException:  # the supervisor sees the thread gone and replaces it
+            log.critical("model %s: session worker %s crashed", self.name,
+                         threading.current_thread().name, exc_info=True)
         finally:
             session.close()
+
+    def _loop(self, worker: _Worker, session: _Session) -> None:
+        expected = 1
+        while True:
+            batch, stop = self._collect(worker, expected)
+            if batch:
+                if not self._execute(worker, session, batch):
+                    self._drop(worker)
+                    return  # retired mid-run: a replacement serves from now on
+                expected = len(batch)
+            if stop:
+                worker.stopped = True
+                return
+
+    def _drop(self, worker: _Worker) -> None:
+        """Answer what a retired worker still holds: the supervisor or stop() answered all
+        it could see, but stop() may retire a worker while it is still collecting."""
+        for item in worker.held():
+            _fail(item.future, Unavailable(f"model {self.name}: its session worker was "
+                                           "retired before answering", "model_unavailable"))
 
     def _open_session(self) -> _Session:
         import tensorflow as tf  # first imported here, after any daemon fork
@@ -199,20 +401,24 @@ class SessionPool:
                         graph.get_tensor_by_name(self._input),
                         graph.get_tensor_by_name(self._output))
 
-    def _collect(self, carry: _Submission | None, expected: int):
-        """Gather submissions for one run. Returns (batch, carry-over, stop?).
+    def _collect(self, worker: _Worker, expected: int):
+        """Gather submissions for one run into ``worker.batch``. Returns (batch, stop?).
 
         Whatever is queued joins at once. Beyond that the worker waits (at most
         ``batch_timeout_ms``) only while fewer submissions have arrived than joined its
         previous batch: under concurrent load the callers it just answered are about to come
-        back, while a lone caller never waits.
+        back, while a lone caller never waits. A submission that would overflow the batch is
+        kept in ``worker.carry`` to start the next one.
         """
-        first = carry if carry is not None else self._queue.get()
+        carried = worker.carry
+        first = carried if carried is not None else self._queue.get()
         if first is _STOP:
-            return [], None, True
-        batch, rows = [], 0
-        if self._admit(first):
-            batch, rows = [first], len(first.inputs)
+            return [], True
+        # Published at once, so the supervisor can fail these if the worker dies.
+        batch = worker.batch = [first] if self._admit(first) else []
+        if carried is not None:
+            worker.carry = None
+        rows = len(first.inputs) if batch else 0
         limit = self.settings.max_batch_size
         wait_until = time.monotonic() + self.settings.batch_timeout_ms / 1000.0
         while rows < limit:
@@ -228,11 +434,12 @@ class SessionPool:
                 self._queue.put(_STOP)  # keep it for after this batch; drain continues
                 break
             if rows and rows + len(item.inputs) > limit:
-                return batch, item, False  # run what we have; this one starts the next batch
+                worker.carry = item  # run what we have; this one starts the next batch
+                break
             if self._admit(item):
                 batch.append(item)
                 rows += len(item.inputs)
-        return batch, None, False
+        return batch, False
 
     def _admit(self, item: _Submission) -> bool:
         """False for work nobody waits for any more (cancelled, or past its deadline)."""
@@ -244,27 +451,36 @@ class SessionPool:
             return False
         return item.future.set_running_or_notify_cancel()
 
-    def _run_in_chunks(self, session, inputs: np.ndarray) -> np.ndarray:
+    def _run_in_chunks(self, worker: _Worker, session: _Session, inputs: np.ndarray) -> np.ndarray:
         """One session.run, or several for a single submission larger than max_batch_size."""
         step = self.settings.max_batch_size
         if len(inputs) <= step:
             return session.run(inputs)
-        return np.concatenate([session.run(inputs[i:i + step]) for i in range(0, len(inputs), step)])
+        outputs = []
+        for i in range(0, len(inputs), step):
+            worker.running_since = time.monotonic()  # worker_timeout_s bounds each run
+            outputs.append(session.run(inputs[i:i + step]))
+        return np.concatenate(outputs)
 
-    def _execute(self, session, batch: list[_Submission]) -> None:
+    def _execute(self, worker: _Worker, session: _Session, batch: list[_Submission]) -> bool:
+        """Run one batch and answer it; False if the worker was retired during the run."""
         inputs = batch[0].inputs if len(batch) == 1 else np.concatenate([s.inputs for s in batch])
         with self._lock:
             self.busy += 1
-        started = time.monotonic()
+            started = worker.running_since = time.monotonic()
+        error: Exception | None = None
         try:
-            outputs = self._run_in_chunks(session, inputs)
+            outputs = self._run_in_chunks(worker, session, inputs)
         except Exception as exc:  # a bad batch must not kill the worker
+            error = exc
+        finally:  # also on a BaseException, which then ends the worker
+            current = self._end_run(worker)
+        if not current:
+            return False  # the supervisor already failed these futures
+        if error is not None:
             for item in batch:
-                item.future.set_exception(exc)
-            return
-        finally:
-            with self._lock:
-                self.busy -= 1
+                _fail(item.future, error)
+            return True
         finished = time.monotonic()
         self.stats.run_threads.add(threading.get_ident())
         self.stats.batch_sizes[len(inputs)] += 1
@@ -272,5 +488,26 @@ class SessionPool:
         for item in batch:
             n = len(item.inputs)
             timing = RunTiming(started - item.enqueued, finished - started, len(inputs))
-            item.future.set_result((outputs[offset:offset + n], timing))
+            try:
+                item.future.set_result((outputs[offset:offset + n], timing))
+            except InvalidStateError:
+                pass  # stop() gave up on it at its deadline, just as this run finished
             offset += n
+        return True
+
+    def _end_run(self, worker: _Worker) -> bool:
+        """Mark the run over; False if the supervisor retired the worker first."""
+        with self._lock:
+            worker.running_since = None
+            if worker.retired:
+                return False  # busy was already decremented by the retirement
+            self.busy -= 1
+            return True
+
+
+def _fail(future: Future, error: Exception) -> None:
+    """Fail ``future`` unless it is already answered or cancelled."""
+    try:
+        future.set_exception(error)
+    except InvalidStateError:
+        pass
