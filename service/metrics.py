@@ -121,6 +121,9 @@ class ModelStateCollector:
         runs = HistogramMetricFamily("digits_session_run_batch_size", "Rows per session.run "
                                      "(dynamic batching merges requests).",
                                      labels=["model", "version"])
+        restarts = CounterMetricFamily("digits_model_worker_restarts", "Session workers "
+                                       "replaced by the supervisor, by reason (crashed, "
+                                       "wedged).", labels=["model", "version", "reason"])
         for status in self.models.statuses():
             for name in STATES:
                 state.add_metric([status.name, name], float(status.state.value == name))
@@ -133,7 +136,9 @@ class ModelStateCollector:
             workers.add_metric([status.name], pool.settings.pool_size)
             buckets, total = _cumulative(dict(pool.stats.batch_sizes), BATCH_BUCKETS)
             runs.add_metric([status.name, str(model.version)], buckets, total)
-        yield from (state, queue, busy, workers, runs)
+            for reason, count in sorted(pool.stats.restarts.items()):
+                restarts.add_metric([status.name, str(model.version), reason], count)
+        yield from (state, queue, busy, workers, runs, restarts)
 
 
 class StatsCollector:

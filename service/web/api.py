@@ -197,5 +197,6 @@ def _status_json(status: ModelStatus) -> dict[str, Any]:
         pool = status.model.pool
         data.update(queue_depth=pool.queue_depth, busy_workers=pool.busy,
                     batches=sum(pool.stats.batch_sizes.values()),
+                    worker_restarts=dict(pool.stats.restarts),
                     load_seconds=round(status.model.load_seconds, 3))
     return data

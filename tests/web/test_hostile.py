@@ -427,6 +427,13 @@ CASES = [
 # -- fixtures and helpers ------------------------------------------------------------------------
 @pytest.fixture(scope="module", autouse=True)
 def hostile_entries(images_root: Path):
+    base, sock = make_hostile_entries(images_root)
+    yield base
+    sock.close()
+    shutil.rmtree(base)
+
+
+def make_hostile_entries(images_root: Path) -> tuple[Path, socket.socket]:
     """FIFO, socket, device and outward symlinks, a directory and a sparse big file."""
     base = images_root / HOSTILE_DIR
     base.mkdir()
@@ -441,9 +448,7 @@ def hostile_entries(images_root: Path):
         handle.truncate(11 * MB)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(str(base / "sock.png"))
-    yield base
-    sock.close()
-    shutil.rmtree(base)
+    return base, sock
 
 
 def scrape(url: str) -> dict[tuple[str, frozenset], float]:
