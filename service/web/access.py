@@ -120,24 +120,44 @@ class Access:
             return None
         if presented is None:
             raise Unauthorized(_missing_message(policy), "unauthorized")
-        key = self.keys.verify(presented)
-        if key is None:
-            raise Unauthorized("The API key is not valid (unknown, mistyped or revoked).",
-                               "invalid_api_key")
+        key = self._verify(presented)
         if policy == ADMIN and not key.admin:
             raise Forbidden(f"The key {key.name!r} is not an admin key; this route needs one.",
                             "admin_required")
         return key
 
-    @staticmethod
-    def _refuse(request: Any, exc: ServiceError, html: bool) -> None:
+    def check_form_key(self) -> None:
+        """before_handler: the key typed into the HTML form, now that its body is parsed."""
+        request = cherrypy.serving.request
+        if not getattr(request, "access_form_key_pending", False):
+            return
+        value = request.params.pop(FORM_KEY_FIELD, None)
+        value = value.strip() if isinstance(value, str) else ""
+        try:
+            if not value:
+                raise Unauthorized("Enter your API key in the form: this server needs one.",
+                                   "unauthorized")
+            request.api_key = self._verify(value)
+            request.form_api_key = value  # to fill in the result page's forms again
+        except ServiceError as exc:
+            self._refuse(request, exc, html=True)
+
+    def _verify(self, presented: str) -> ApiKey:
+        key = self.keys.verify(presented) if self.keys else None
+        if key is None:
+            raise Unauthorized("The API key is not valid (unknown, mistyped or revoked).",
+                               "invalid_api_key")
+        return key
+
+    def _refuse(self, request: Any, exc: ServiceError, html: bool) -> None:
+        """Answer ``exc`` instead of calling the handler (as the HTML page for the form)."""
         # The body is never parsed. Refused credentials close the connection, so a large body
         # is not read either; a 429 keeps it open (cheroot drains the body) for the retry.
         request.process_request_body = False
         if exc.status in (401, 403) or "Transfer-Encoding" in request.headers:
             cherrypy.serving.response.headers["Connection"] = "close"
-        form_error = request.app.root.access.form_error if html else None
-        request.handler = lambda *a, **k: (form_error or service_error_response)(exc)
+        answer = (self.form_error if html else None) or service_error_response
+        request.handler = lambda *a, **k: answer(exc)
 
     # -- limits --------------------------------------------------------------------------------
     def limits_for(self, key: ApiKey | None) -> Limits:
@@ -168,39 +188,14 @@ class AccessTool(cherrypy.Tool):
     """``tools.access`` (config: ``tools.access.access = Access(...)``)."""
 
     def __init__(self) -> None:
-        super().__init__("before_request_body", self._check, name="access")
-
-    @staticmethod
-    def _check(access: Access) -> None:
-        access.check()
+        super().__init__("before_request_body", Access.check, name="access")
 
     def _setup(self) -> None:
-        conf = self._merged_args()
-        access = conf["access"]
+        access = self._merged_args()["access"]
         hooks = cherrypy.serving.request.hooks
         hooks.attach("before_request_body", access.check, priority=30)
-        hooks.attach("before_handler", _form_key_check, priority=30, access=access)
+        hooks.attach("before_handler", access.check_form_key, priority=30)
         hooks.attach("on_end_request", access.release, priority=80)
-
-
-def _form_key_check(access: Access) -> None:
-    """before_handler: the HTML form's key, now that the multipart body is parsed."""
-    request = cherrypy.serving.request
-    if not getattr(request, "access_form_key_pending", False):
-        return
-    value = request.params.pop(FORM_KEY_FIELD, None)
-    try:
-        if not isinstance(value, str) or not value.strip():
-            raise Unauthorized("Enter your API key in the form: this server needs one.",
-                               "unauthorized")
-        key = access.keys.verify(value.strip()) if access.keys else None
-        if key is None:
-            raise Unauthorized("The API key is not valid (unknown, mistyped or revoked).",
-                               "invalid_api_key")
-        request.api_key = key
-        request.form_api_key = value.strip()  # to fill in the result page's forms again
-    except ServiceError as exc:
-        Access._refuse(request, exc, True)
 
 
 cherrypy.tools.access = AccessTool()
