@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PORT   ?= 8080
 
-.PHONY: install serve daemon stop test train fast-train evaluate bench fixtures clean
+.PHONY: install serve daemon stop test train fast-train evaluate bench fixtures clean fuzz soak
 
 install: $(STAMP)
 
@@ -42,6 +42,15 @@ evaluate: install
 
 bench: install                 ## measure and rewrite bench/RESULTS.md
 	$(PY) bench/run.py
+
+fuzz: install                  ## tests/web/test_fuzz.py with many more cases than CI's default
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} $(PY) -m pytest -q tests/web/test_fuzz.py
+
+soak: install                  ## 10-minute soak at 32 clients, then a kill -9 fault run (not in CI)
+	status=0; \
+	$(PY) bench/soak.py --clients 32 --duration 600 || status=1; \
+	$(PY) bench/soak.py --clients 32 --duration 120 --kill-after 60 || status=1; \
+	exit $$status
 
 fixtures: install
 	$(PY) tests/fixtures/make_fixtures.py

@@ -1091,7 +1091,15 @@ def write_markdown(r: Results, path: Path, notes_file: Path) -> None:
                   env["server_config"].strip(), "```", ""]
     if notes_file.exists():
         lines += [notes_file.read_text().rstrip(), ""]
-    path.write_text("\n".join(lines))
+    path.write_text(keep_marked_sections("\n".join(lines), path))
+
+
+def keep_marked_sections(text: str, path: Path) -> str:
+    """``text`` followed by the sections other tools own in the old ``path`` (bench/sections.py)."""
+    import sections
+
+    kept = sections.marked_sections(path.read_text()) if path.exists() else ""
+    return text.rstrip() + "\n\n" + kept if kept else text
 
 
 # ---------------------------------------------------------------------------------------------

@@ -75,6 +75,8 @@ def _parser_for(content_type: str) -> Callable | None:
 
 def read_body(limit: int) -> bytes:
     """The unprocessed request body (CherryPy has already refused it if over ``limit``)."""
+    if not cherrypy.request.process_request_body:
+        return b""  # tools.bodiless_post: no Content-Length, no Transfer-Encoding: no body
     data = cherrypy.request.body.read()
     if len(data) > limit:  # no Content-Length (chunked): cheroot stops at the limit too
         raise PayloadTooLarge(f"The request body is larger than {limit} bytes.", "body_too_large")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import cherrypy
+from cherrypy import _cpreqbody
 
 
 def reject_oversized_body(limit: int) -> None:
@@ -18,3 +19,21 @@ def reject_oversized_body(limit: int) -> None:
 
 
 cherrypy.tools.body_limit = cherrypy.Tool("on_start_resource", reject_oversized_body)
+
+
+def _checked_multipart(process):
+    """Wrap CherryPy's multipart parser: a malformed body is the client's 400, not a 500."""
+
+    def processor(entity) -> None:
+        try:
+            process(entity)
+        except (ValueError, EOFError) as exc:  # bad boundary, broken part headers, cut short
+            raise cherrypy.HTTPError(400, f"The multipart body is malformed: {exc}") from None
+
+    return processor
+
+
+# CherryPy parses the body before any handler runs and raises bare ValueError/EOFError on
+# malformed multipart (-> 500). Every multipart processor (form-data, the generic one that
+# RequestBody installs, nested parts) calls this module global at request time.
+_cpreqbody.process_multipart = _checked_multipart(_cpreqbody.process_multipart)

@@ -18,31 +18,44 @@ RAW_IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/t
 # Error codes by status: a response's ``error.code`` must be one of its status's codes.
 ERROR_CODES: dict[int, tuple[str, ...]] = {
     400: ("invalid_json", "missing_image", "bad_instance", "bad_base64", "invalid_image",
-          "blank_image", "bad_parameter", "invalid_input", "bad_request"),
-    401: ("unauthorized",),
+          "blank_image", "bad_parameter", "invalid_input", "bad_request", "bad_path",
+          "not_a_file", "json_too_deep"),
+    401: ("unauthorized", "invalid_api_key"),
     403: ("remote_path_disabled", "path_forbidden", "forbidden"),
     404: ("not_found", "model_not_found", "index_not_found", "image_not_found"),
     405: ("method_not_allowed",),
+    408: ("request_timeout",),
     409: ("conflict", "reload_failed"),
-    413: ("body_too_large", "image_too_large", "batch_too_large"),
+    411: ("length_required",),
+    413: ("body_too_large", "image_too_large", "batch_too_large", "image_bytes_too_large",
+          "too_many_frames", "too_many_blocks", "payload_too_large"),
     415: ("unsupported_media_type", "unsupported_image_format"),
+    429: ("rate_limited",),
     500: ("internal_error",),
-    503: ("model_unavailable", "overloaded", "not_ready", "unavailable"),
+    503: ("model_unavailable", "overloaded", "not_ready", "unavailable", "too_many_in_flight",
+          "worker_restarted"),
     504: ("deadline_exceeded",),
 }
 ERROR_WHEN = {
-    400: "Malformed JSON, missing or empty field, bad base64, undecodable or truncated image, "
-         "no ink, bad parameter.",
-    401: "Missing or wrong admin token.",
-    403: "Forbidden: path instances with no images_root or escaping it; admin routes off.",
+    400: "Malformed JSON (or nested too deep), missing or empty field, bad base64, bad path, "
+         "undecodable or truncated image, no ink, bad parameter.",
+    401: "Missing or wrong admin token, or (with [auth] keys_file) a missing or invalid API key.",
+    403: "Forbidden: path instances with no images_root or escaping it; admin routes off or "
+         "called without an admin key; feedback on another key's prediction.",
     404: "Unknown route, model, MNIST index or image path.",
     405: "Wrong method; the Allow header lists the right ones.",
+    408: "The request did not arrive in full in time (the connection guard cut it).",
     409: "The request clashes with the current state (a rejected model version).",
-    413: "Body over max_body_bytes, image over max_pixels, or more than max_batch_size images.",
+    411: "A body was expected but the request has neither Content-Length nor "
+         "Transfer-Encoding.",
+    413: "Body over max_body_bytes, image over max_image_bytes or max_pixels, too many frames, "
+         "or more than max_batch_size images.",
     415: "Content-Type not accepted, or an image format other than PNG, JPEG, GIF, BMP, TIFF, "
          "WebP.",
+    429: "Over the client's request or image rate limit; Retry-After says when to retry.",
     500: "Unexpected server error (logged; no details are sent).",
-    503: "Model FAILED or loading, queue full, or not ready; Retry-After says when to retry.",
+    503: "Model FAILED or loading, its session worker restarted, queue full, too many requests "
+         "in flight, or not ready; Retry-After says when to retry.",
     504: "No answer within request_timeout_s.",
 }
 PREDICT_ERRORS = (400, 403, 404, 405, 413, 415, 500, 503, 504)
@@ -150,6 +163,7 @@ SCHEMAS: dict[str, Any] = {
                          models={"type": "object", "additionalProperties": obj(
                              ("state", "version"), state=STR, version=nullable(INT),
                              error=STR, queue_depth=INT, busy_workers=INT, batches=INT,
+                             worker_restarts={"type": "object", "additionalProperties": INT},
                              load_seconds=NUM)}),
     "Alive": obj(("status",), status={"const": "alive"}),
     "Ready": obj(("status",), status={"const": "ready"}),
@@ -171,11 +185,21 @@ def json_ok(schema: str, description: str) -> dict[str, Any]:
 def error(status: int, codes: tuple[str, ...] | None = None, media: str = JSON) -> dict[str, Any]:
     """The shared error shape, its code restricted to ``codes`` (default: the status's)."""
     codes = codes or ERROR_CODES[status]
-    schema = {"allOf": [ref("Error")],
-              "properties": {"error": {"properties": {"code": {"enum": list(codes)}}}}}
-    content = {JSON: {"schema": schema}} if media == JSON else {HTML: {"schema": STR}}
-    return {str(status): {"description": f"{ERROR_WHEN[status]} Codes: {', '.join(codes)}.",
-                          "content": content}}
+    content = {JSON: {"schema": error_schema(codes)}} if media == JSON else {HTML: {"schema": STR}}
+    response = {"description": f"{ERROR_WHEN[status]} Codes: {', '.join(codes)}.",
+                "content": content}
+    if status in (429, 503) and media == JSON:  # "try again later" always says when
+        response["headers"] = {"Retry-After": RETRY_AFTER}
+    return {str(status): response}
+
+
+def error_schema(codes: tuple[str, ...]) -> dict[str, Any]:
+    return {"allOf": [ref("Error")],
+            "properties": {"error": {"properties": {"code": {"enum": list(codes)}}}}}
+
+
+RETRY_AFTER = {"required": True, "description": "Seconds to wait before retrying.",
+               "schema": {"type": "string", "pattern": "^[0-9]+$"}}
 
 
 def errors(*statuses: int, media: str = JSON) -> dict[str, Any]:
@@ -334,6 +358,69 @@ PATHS: dict[str, Any] = {
                                                "text/javascript": {"schema": STR}}},
                            **error(404, ("not_found",)), **errors(405, 500)}, "html")},
 }
+
+# -- answers given before a route's handler runs ---------------------------------------------
+# With [auth] keys_file, service/web/access.py asks for a key on every /v1 route and these
+# (401), and rate-limits them (429, or 503 too_many_in_flight); the HTML form routes answer
+# those as pages. The health and metrics routes need a key only when protect_health /
+# protect_metrics say so.
+KEYED_ROUTES = ("/recognize", "/mnist/classify", "/mnist/classify/{idx}", "/result",
+                "/feedback_form")
+PROTECTABLE_ROUTES = ("/healthz", "/readyz", "/status", "/metrics")
+HTML_ROUTES = ("/result", "/feedback_form")
+
+
+def add_error(responses: dict[str, Any], status: int, codes: tuple[str, ...],
+              media: str = JSON) -> None:
+    """Document ``codes`` under ``status`` in ``responses``, merged into what is there."""
+    entry = responses.get(str(status))
+    if entry is None:
+        responses.update(error(status, codes, media))
+        return
+    content = entry["content"]
+    if media == HTML:
+        content.setdefault(HTML, {"schema": STR})
+        return
+    if JSON not in content:
+        content[JSON] = {"schema": error_schema(codes)}
+        return
+    enum = content[JSON]["schema"]["properties"]["error"]["properties"]["code"]["enum"]
+    enum.extend(code for code in codes if code not in enum)
+    entry["description"] = f"{ERROR_WHEN[status]} Codes: {', '.join(enum)}."
+
+
+def add_access_errors(path: str, responses: dict[str, Any]) -> None:
+    # The connection guard (a request too slow to arrive, no worker free) answers any route,
+    # in JSON even on the HTML routes: no handler has run.
+    add_error(responses, 408, ERROR_CODES[408])
+    add_error(responses, 503, ("overloaded",))
+    media = HTML if path in HTML_ROUTES else JSON
+    keyed = path.startswith("/v1/") or path in KEYED_ROUTES
+    if keyed or path in PROTECTABLE_ROUTES:
+        add_error(responses, 401, ERROR_CODES[401], media)
+    if keyed:
+        add_error(responses, 429, ERROR_CODES[429], media)
+        add_error(responses, 503, ("too_many_in_flight",), media)
+
+
+def document_access_errors(paths: dict[str, Any]) -> None:
+    """Add the answers of the connection guard, of API keys and rate limits, and of CherryPy's
+    body reading to every operation they can reach."""
+    for path, item in paths.items():
+        for method, op in item.items():
+            if method == "parameters":
+                continue
+            add_access_errors(path, op["responses"])
+            # /v1/models/... take a bodiless POST as an empty body (tools.bodiless_post)
+            if "requestBody" in op and not path.startswith("/v1/models/"):
+                add_error(op["responses"], 411, ERROR_CODES[411],
+                          HTML if path in HTML_ROUTES else JSON)
+    add_error(paths["/v1/models/{name}/reload"]["post"]["responses"], 403, ("admin_required",))
+    add_error(paths["/v1/feedback"]["post"]["responses"], 403, ("feedback_forbidden",))
+
+
+document_access_errors(PATHS)
+
 
 DESCRIPTION = """Send an image with one handwritten digit; get back which digit it is, with
 probabilities. Predict routes take raw image bytes, a multipart form or JSON, chosen by
