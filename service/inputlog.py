@@ -16,7 +16,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -36,6 +36,7 @@ POLL_S = 0.2               # how often an idle writer looks at the stop flag
 LINGER_S = 0.02            # after the first queued record, wait this long for more
 FEEDBACK_WAIT_S = 5.0      # feedback on a still-queued request waits this long for the writer
 DROP_LOG_INTERVAL_S = 10.0  # repeated drops of one reason are summarised this often
+STORED_CACHE = 50_000      # image rows the writer remembers (about 10 MB)
 LabelsFor = Callable[[str], list[str]]
 Caller = tuple[str, bool]  # (API key id, is it an admin key?)
 
@@ -110,6 +111,11 @@ class InputLog:
         self._conn: sqlite3.Connection | None = None  # the writer thread's own
         self._last_drop_log: dict[str, float] = {}
         self._lost: set[int] = set()      # ids of this batch's requests already counted as dropped
+        # The writer's memory of what the database already holds, so a busy server's repeated
+        # images and models cost no query: stored image rows (most recent last) and the
+        # (model, version) pairs whose labels are saved.
+        self._stored: OrderedDict[str, db.ImageRow] = OrderedDict()
+        self._labels_saved: set[tuple[str, int]] = set()
 
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -184,8 +190,11 @@ class InputLog:
         try:
             rows = db.request_records(conn, request_id, instance)
             if not rows and self._queue.unfinished_tasks:
-                self.flush()  # the request may still be waiting in the queue
+                written = self.flush()  # the request may still be waiting in the queue
                 rows = db.request_records(conn, request_id, instance)
+                if not rows and not written:
+                    raise Unavailable("Recent predictions are still being written to the input "
+                                      "log; retry shortly.", "feedback_pending", retry_after=2)
             if not rows:
                 which = "" if instance is None else f" (instance {instance})"
                 raise NotFound(f"No logged prediction has request id {request_id!r}{which}.",
@@ -265,6 +274,9 @@ class InputLog:
             return
         finally:
             self._lost.clear()
+        for row in new_images:
+            if row.stored:
+                self._remember_stored(row)
         with self._lock:
             self.counters.written += len(rows)
             self.counters.images_written += len(new_images)
@@ -297,9 +309,14 @@ class InputLog:
         sha = hashlib.sha256(data).hexdigest()
         if sha in seen:
             return StoredImage(seen[sha].row, seen[sha].new)
+        cached = self._stored.get(sha)
+        if cached is not None:
+            self._stored.move_to_end(sha)
+            return StoredImage(cached, False)
         known = db.known_image(conn, sha)
         if known is not None and (known["stored"] or self.settings.metadata_only):
             row = db.ImageRow(*(known[k] for k in db.ImageRow.__dataclass_fields__))
+            self._remember_stored(row)
             return StoredImage(row, False)
         fmt, width, height = sniff(data)
         now = db.utc_now()
@@ -313,18 +330,26 @@ class InputLog:
                           now if stored else None)
         return StoredImage(row, True)
 
+    def _remember_stored(self, row: db.ImageRow) -> None:
+        self._stored[row.sha256] = row
+        if len(self._stored) > STORED_CACHE:
+            self._stored.popitem(last=False)
+
     def _remember_labels(self, conn: sqlite3.Connection, results: dict[str, ModelResult]) -> None:
         """Keep each (model, version)'s labels, so feedback is checked against the right ones."""
         if self.labels_for is None:
             return
         for result in results.values():
-            if db.has_labels(conn, result.model, result.version):
+            pair = (result.model, result.version)
+            if pair in self._labels_saved:
                 continue
-            try:
-                db.save_labels(conn, result.model, result.version,
-                               list(self.labels_for(result.model)))
-            except Exception as exc:  # e.g. the model was swapped out meanwhile
-                log.info("labels of %s v%d not saved: %s", result.model, result.version, exc)
+            if not db.has_labels(conn, *pair):
+                try:
+                    db.save_labels(conn, *pair, list(self.labels_for(result.model)))
+                except Exception as exc:  # e.g. the model was swapped out meanwhile
+                    log.info("labels of %s v%d not saved: %s", *pair, exc)
+                    continue
+            self._labels_saved.add(pair)
 
     def _prune(self, conn: sqlite3.Connection) -> None:
         """Delete the oldest images while over ``max_disk_bytes``; their records stay."""
@@ -342,6 +367,8 @@ class InputLog:
             # Marked first: a crash before the delete leaves an orphan file, never a record
             # that points at bytes that are gone.
             db.mark_pruned(conn, [v["sha256"] for v in victims])
+            for victim in victims:
+                self._stored.pop(victim["sha256"], None)
             for victim in victims:
                 try:
                     self.store.delete(victim["key"])
@@ -367,6 +394,8 @@ class InputLog:
         return self._conn
 
     def _reset_connection(self) -> None:
+        self._stored.clear()  # what the database holds is no longer known
+        self._labels_saved.clear()
         if self._conn is not None:
             try:
                 self._conn.close()

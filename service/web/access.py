@@ -21,11 +21,11 @@ from ..config import AuthSettings, RateLimitSettings
 from ..dataplane import RequestContext
 from ..errors import ConfigError, Forbidden, RateLimited, ServiceError, Unauthorized
 from ..rate_limit import Limits, RateLimiter
-from .observability import route_template
+from .routes import route_template
 from .responses import service_error_response
 
 OPEN, KEY, ADMIN, HEALTH, METRICS, FORM = "open", "key", "admin", "health", "metrics", "form"
-# By route template (observability.route_template); anything else under /v1 needs a key.
+# By route template (routes.route_template); anything else under /v1 needs a key.
 POLICIES = {
     "/v1/models/{name}/reload": ADMIN,
     "/recognize": KEY, "/mnist/classify": KEY, "/mnist/classify/{idx}": KEY,

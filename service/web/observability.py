@@ -9,7 +9,6 @@ enough.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from typing import Any
 
@@ -20,36 +19,10 @@ from ..logs import ACCESS_LOGGER, PredictionLog
 from ..metrics import CONTENT_TYPE, ServiceMetrics
 from . import openapi
 from .responses import HTTP_CODES, require_method
+from .routes import route_template
 
 access_log = logging.getLogger(ACCESS_LOGGER)
 log = logging.getLogger("service.web")
-
-# Route templates, so that /mnist/label/123 and /v1/models/<name>/predict do not make one
-# time series per index or name. Anything else is "unmatched" (unknown URLs, probes).
-EXACT_ROUTES = frozenset({
-    "/", "/result", "/status", "/healthz", "/readyz", "/metrics", "/openapi.json",
-    "/recognize", "/mnist/classify", "/v1/models", "/v1/predict", "/v1/feedback",
-    "/feedback_form",
-})
-PATTERN_ROUTES = (
-    (re.compile(r"/v1/models/[^/]+"), "/v1/models/{name}"),
-    (re.compile(r"/v1/models/[^/]+/(predict|reload)"), "/v1/models/{name}/\\1"),
-    (re.compile(r"/mnist/(image|label|classify)/[^/]+"), "/mnist/\\1/{idx}"),
-    (re.compile(r"/static/.+"), "/static/{file}"),
-)
-UNMATCHED = "unmatched"
-
-
-def route_template(path: str) -> str:
-    path = path.rstrip("/") or "/"
-    if path in EXACT_ROUTES:
-        return path
-    for pattern, template in PATTERN_ROUTES:
-        match = pattern.fullmatch(path)
-        if match:
-            return match.expand(template)
-    return UNMATCHED
-
 
 # -- the tool --------------------------------------------------------------------------------
 def _started() -> None:

@@ -10,6 +10,8 @@ import functools
 import json
 from typing import Any
 
+from . import access
+
 JSON = "application/json"
 HTML = "text/html"
 RAW_IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/tiff",
@@ -33,7 +35,7 @@ ERROR_CODES: dict[int, tuple[str, ...]] = {
     429: ("rate_limited",),
     500: ("internal_error",),
     503: ("model_unavailable", "overloaded", "not_ready", "unavailable", "too_many_in_flight",
-          "worker_restarted"),
+          "worker_restarted", "feedback_pending"),
     504: ("deadline_exceeded",),
 }
 ERROR_WHEN = {
@@ -360,14 +362,12 @@ PATHS: dict[str, Any] = {
 }
 
 # -- answers given before a route's handler runs ---------------------------------------------
-# With [auth] keys_file, service/web/access.py asks for a key on every /v1 route and these
-# (401), and rate-limits them (429, or 503 too_many_in_flight); the HTML form routes answer
-# those as pages. The health and metrics routes need a key only when protect_health /
+# With [auth] keys_file, service/web/access.py asks for a key (401) on the routes its
+# POLICIES name, and rate-limits them (429, or 503 too_many_in_flight); the HTML form routes
+# answer those as pages. The health and metrics routes need a key only when protect_health /
 # protect_metrics say so.
-KEYED_ROUTES = ("/recognize", "/mnist/classify", "/mnist/classify/{idx}", "/result",
-                "/feedback_form")
-PROTECTABLE_ROUTES = ("/healthz", "/readyz", "/status", "/metrics")
-HTML_ROUTES = ("/result", "/feedback_form")
+KEYED = (access.KEY, access.ADMIN, access.FORM)
+PROTECTABLE = (access.HEALTH, access.METRICS)
 
 
 def add_error(responses: dict[str, Any], status: int, codes: tuple[str, ...],
@@ -394,9 +394,10 @@ def add_access_errors(path: str, responses: dict[str, Any]) -> None:
     # in JSON even on the HTML routes: no handler has run.
     add_error(responses, 408, ERROR_CODES[408])
     add_error(responses, 503, ("overloaded",))
-    media = HTML if path in HTML_ROUTES else JSON
-    keyed = path.startswith("/v1/") or path in KEYED_ROUTES
-    if keyed or path in PROTECTABLE_ROUTES:
+    policy = access.policy_for(path)
+    media = HTML if policy == access.FORM else JSON
+    keyed = policy in KEYED
+    if keyed or policy in PROTECTABLE:
         add_error(responses, 401, ERROR_CODES[401], media)
     if keyed:
         add_error(responses, 429, ERROR_CODES[429], media)
@@ -414,9 +415,10 @@ def document_access_errors(paths: dict[str, Any]) -> None:
             # /v1/models/... take a bodiless POST as an empty body (tools.bodiless_post)
             if "requestBody" in op and not path.startswith("/v1/models/"):
                 add_error(op["responses"], 411, ERROR_CODES[411],
-                          HTML if path in HTML_ROUTES else JSON)
+                          HTML if access.policy_for(path) == access.FORM else JSON)
     add_error(paths["/v1/models/{name}/reload"]["post"]["responses"], 403, ("admin_required",))
     add_error(paths["/v1/feedback"]["post"]["responses"], 403, ("feedback_forbidden",))
+    add_error(paths["/v1/feedback"]["post"]["responses"], 503, ("feedback_pending",))
 
 
 document_access_errors(PATHS)

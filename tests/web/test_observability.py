@@ -11,7 +11,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import FIXTURES, ServerProcess
 from service import logs
 from service.config import LogSettings, load_settings
-from service.web.observability import route_template
 
 PNG7 = (FIXTURES / "digit7_28.png").read_bytes()
 BLANK = (FIXTURES / "blank.png").read_bytes()
@@ -34,20 +33,6 @@ def value(samples: dict, name: str, **labels: str) -> float:
 
 def predict(url: str, data: bytes = PNG7) -> requests.Response:
     return requests.post(url + CNN, data=data, headers={"Content-Type": "image/png"}, timeout=30)
-
-
-@pytest.mark.parametrize("path, template", [
-    ("/", "/"), ("/v1/models", "/v1/models"), ("/v1/models/", "/v1/models"),
-    ("/v1/models/digits-cnn", "/v1/models/{name}"),
-    ("/v1/models/anything/predict", "/v1/models/{name}/predict"),
-    ("/v1/models/digits-rnn/reload", "/v1/models/{name}/reload"),
-    ("/mnist/label/123", "/mnist/label/{idx}"), ("/mnist/image/9", "/mnist/image/{idx}"),
-    ("/mnist/classify/42", "/mnist/classify/{idx}"), ("/mnist/classify", "/mnist/classify"),
-    ("/static/app.js", "/static/{file}"), ("/openapi.json", "/openapi.json"),
-    ("/wp-admin/login.php", "unmatched"), ("/v1/models/a/b/c", "unmatched"),
-])
-def test_route_templates_bound_label_cardinality(path, template):
-    assert route_template(path) == template
 
 
 def test_counters_and_histograms_move_with_requests(server):
