@@ -26,10 +26,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
-sys.path[:0] = [str(BENCH_DIR), str(BENCH_DIR.parent)]
+sys.path.insert(0, str(BENCH_DIR.parent))
 
-import run as bench  # noqa: E402  (the main benchmark's server, machine and git helpers)
-import sections  # noqa: E402
+from bench import run as bench  # noqa: E402  (the main benchmark's server and machine helpers)
+from bench import sections  # noqa: E402
 from service.api_keys import KeyLimits, add_key  # noqa: E402
 
 PNG = (bench.REPO / "tests" / "fixtures" / "digit7_28.png")

@@ -14,10 +14,10 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
-sys.path[:0] = [str(BENCH_DIR), str(REPO), str(REPO / "tests"), str(REPO / "tests" / "web")]
+sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "tests" / "web")]
 
-import run as bench  # noqa: E402
-import sections  # noqa: E402
+from bench import run as bench  # noqa: E402
+from bench import sections  # noqa: E402
 import test_hostile as table  # noqa: E402
 from support import FIXTURES, ServerProcess  # noqa: E402
 

@@ -1096,7 +1096,7 @@ def write_markdown(r: Results, path: Path, notes_file: Path) -> None:
 
 def keep_marked_sections(text: str, path: Path) -> str:
     """``text`` followed by the sections other tools own in the old ``path`` (bench/sections.py)."""
-    import sections
+    from bench import sections
 
     kept = sections.marked_sections(path.read_text()) if path.exists() else ""
     return text.rstrip() + "\n\n" + kept if kept else text

@@ -53,8 +53,8 @@ from urllib.parse import urlsplit
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # as a script or as bench.soak
-import sections  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script or bench.soak
+from bench import sections  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
@@ -342,8 +342,24 @@ def client_loop(index: int, url: str, corpus: Corpus, options: Options,
             session = requests.Session()  # the old connection is dead
             stop.wait(0.05)  # a dead server: do not spin
             continue
+        while call.kind == "feedback" and retry_later(response) and not stop.is_set():
+            # The server asks to come back (503 feedback_pending: the record is not written
+            # yet), as a real client would; the answer is kept, as kind "retried".
+            outcomes.append(Outcome("retried", response.status_code, time.monotonic() - t0,
+                                    t0 - started))
+            stop.wait(float(response.headers["Retry-After"]))
+            t0 = time.monotonic()
+            try:
+                response = session.request(call.method, url + call.path,
+                                           timeout=REQUEST_TIMEOUT_S, **call.kwargs)
+            except requests.RequestException:
+                break
         outcomes.append(settle(call, response, time.monotonic() - t0, t0 - started, answered))
     session.close()
+
+
+def retry_later(response: requests.Response) -> bool:
+    return response.status_code == 503 and "Retry-After" in response.headers
 
 
 def settle(call: Call, response: requests.Response, seconds: float, at: float,

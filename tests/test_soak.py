@@ -9,7 +9,6 @@ import json
 
 import pytest
 
-import bench.run as bench_run
 from bench import soak
 
 CLIENTS = 8
@@ -99,15 +98,3 @@ def test_both_runs_write_their_own_sections(outputs, clean, fault):
     data = json.loads((outputs / "soak.json").read_text())
     assert data["soak"]["requests"] == clean.requests
     assert data["fault"]["audit"]["lost_requests"] == fault.audit["lost_requests"]
-
-
-def test_a_rerun_replaces_its_section_and_bench_run_keeps_it(tmp_path):
-    """soak.py replaces only its own section; bench/run.py's rewrite keeps it."""
-    text = soak.replace_section("# Benchmark results\n", "soak", "old figures")
-    text = soak.replace_section(text, "soak", "new figures")
-    assert "old figures" not in text and text.count("<!-- soak -->") == 1
-    path = tmp_path / "RESULTS.md"
-    path.write_text(text)
-    rewritten = bench_run.keep_marked_sections("# Benchmark results\n\nfresh numbers\n", path)
-    assert "fresh numbers" in rewritten and "new figures" in rewritten
-    assert rewritten.count("<!-- /soak -->") == 1

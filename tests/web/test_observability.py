@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 
-import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
