@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import logging
 import queue
@@ -49,6 +50,7 @@ class Pending:
     context: RequestContext
     instances: list[Instance]
     results: dict[str, ModelResult]
+    seq: int = 0  # order of enqueueing, for flush()
 
     @property
     def records(self) -> int:
@@ -114,6 +116,10 @@ class InputLog:
         # The writer's memory of what the database already holds, so a busy server's repeated
         # images and models cost no query: stored image rows (most recent last) and the
         # (model, version) pairs whose labels are saved.
+        self._seq = itertools.count(1)    # next() is atomic: record() needs no lock
+        self._last_queued = 0             # the newest seq put on the queue
+        self._done_upto = 0               # every seq up to this is written or dropped
+        self._done = threading.Condition()
         self._stored: OrderedDict[str, db.ImageRow] = OrderedDict()
         self._labels_saved: set[tuple[str, int]] = set()
 
@@ -146,20 +152,25 @@ class InputLog:
             self._conn = None
 
     def flush(self, timeout: float = FEEDBACK_WAIT_S) -> bool:
-        """Wait until every record queued so far is written (or dropped); False on timeout."""
+        """Wait until every record queued so far is written (or dropped); False on timeout.
+
+        Records queued meanwhile are not waited for, so this ends under continuous load too.
+        """
+        target = self._last_queued
         deadline = time.monotonic() + timeout
-        with self._queue.all_tasks_done:
-            while self._queue.unfinished_tasks:
+        with self._done:
+            while self._done_upto < target:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                self._queue.all_tasks_done.wait(remaining)
+                self._done.wait(remaining)
         return True
 
     # -- PredictionSink -----------------------------------------------------------------------
     def record(self, context: RequestContext, instances: list[Instance],
                results: dict[str, ModelResult]) -> None:
-        pending = Pending(db.utc_now(), context, list(instances), dict(results))
+        pending = Pending(db.utc_now(), context, list(instances), dict(results),
+                          next(self._seq))
         if self._thread is None:
             self._drop("not_running", pending.records)
             return
@@ -167,6 +178,8 @@ class InputLog:
             self._queue.put_nowait(pending)
         except queue.Full:
             self._drop("queue_full", pending.records)
+            return
+        self._last_queued = max(self._last_queued, pending.seq)
 
     # -- for metrics --------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -189,7 +202,7 @@ class InputLog:
         conn = self._open()
         try:
             rows = db.request_records(conn, request_id, instance)
-            if not rows and self._queue.unfinished_tasks:
+            if not rows and self._done_upto < self._last_queued:
                 written = self.flush()  # the request may still be waiting in the queue
                 rows = db.request_records(conn, request_id, instance)
                 if not rows and not written:
@@ -260,6 +273,13 @@ class InputLog:
             finally:
                 for _ in batch:
                     self._queue.task_done()
+                self._mark_done(batch[-1].seq)
+
+    def _mark_done(self, seq: int) -> None:
+        """Everything queued up to ``seq`` is written or dropped (the queue is in order)."""
+        with self._done:
+            self._done_upto = max(self._done_upto, seq)
+            self._done.notify_all()
 
     def _write(self, batch: list[Pending]) -> None:
         try:
@@ -411,6 +431,7 @@ class InputLog:
                 return
             self._drop(reason, pending.records)
             self._queue.task_done()
+            self._mark_done(pending.seq)
 
     def _drop(self, reason: str, records: int, error: Exception | None = None) -> None:
         now = time.monotonic()
