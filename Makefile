@@ -5,7 +5,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PORT   ?= 8080
 
-.PHONY: install serve daemon stop test train fast-train evaluate bench fixtures clean fuzz soak
+.PHONY: install serve daemon stop test train fast-train evaluate bench fixtures clean fuzz soak \
+        fairness hostile
 
 install: $(STAMP)
 
@@ -51,6 +52,12 @@ soak: install                  ## 10-minute soak at 32 clients, then a kill -9 f
 	$(PY) bench/soak.py --clients 32 --duration 600 || status=1; \
 	$(PY) bench/soak.py --clients 32 --duration 120 --kill-after 60 || status=1; \
 	exit $$status
+
+fairness: install              ## a flood from one key vs another key's latency -> bench/RESULTS.md
+	$(PY) bench/fairness.py
+
+hostile: install               ## the hostile-input table against a fresh server -> bench/RESULTS.md
+	$(PY) bench/hostile.py
 
 fixtures: install
 	$(PY) tests/fixtures/make_fixtures.py
