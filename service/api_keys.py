@@ -14,10 +14,8 @@ import dataclasses
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .blobstore import write_atomic
 from .errors import ConfigError, InvalidInput, NotFound
 
 PREFIX = "dk"
@@ -104,17 +103,7 @@ def write_keys(path: Path, keys: dict[str, ApiKey]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = json.dumps({"keys": [k.to_dict() for k in keys.values()]}, indent=2) + "\n"
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".keys-")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, 0o600)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, payload.encode(), mode=0o600)
 
 
 def add_key(path: Path, name: str, admin: bool = False,

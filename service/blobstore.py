@@ -66,7 +66,7 @@ class LocalBlobStore:
             return False
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(path, data, self.TMP_SUFFIX)
+            write_atomic(path, data, self.TMP_SUFFIX)
         except OSError as exc:
             raise BlobStoreError(f"Cannot write {path}: {exc}") from exc
         return True
@@ -93,14 +93,15 @@ class LocalBlobStore:
         return count
 
 
-def _write_atomic(path: Path, data: bytes, suffix: str) -> None:
+def write_atomic(path: Path, data: bytes, suffix: str = ".tmp", mode: int = 0o644) -> None:
+    """``path`` holds ``data`` in full or not at all, durably, even across a crash."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
