@@ -342,20 +342,32 @@ def client_loop(index: int, url: str, corpus: Corpus, options: Options,
             session = requests.Session()  # the old connection is dead
             stop.wait(0.05)  # a dead server: do not spin
             continue
-        while call.kind == "feedback" and retry_later(response) and not stop.is_set():
-            # The server asks to come back (503 feedback_pending: the record is not written
-            # yet), as a real client would; the answer is kept, as kind "retried".
-            outcomes.append(Outcome("retried", response.status_code, time.monotonic() - t0,
-                                    t0 - started))
-            stop.wait(float(response.headers["Retry-After"]))
-            t0 = time.monotonic()
-            try:
-                response = session.request(call.method, url + call.path,
-                                           timeout=REQUEST_TIMEOUT_S, **call.kwargs)
-            except requests.RequestException:
-                break
-        outcomes.append(settle(call, response, time.monotonic() - t0, t0 - started, answered))
+        response, t0 = follow_retries(session, url, call, response, t0, started, stop, outcomes)
+        if response is not None:
+            outcomes.append(settle(call, response, time.monotonic() - t0, t0 - started, answered))
     session.close()
+
+
+def follow_retries(session: requests.Session, url: str, call: Call,
+                   response: requests.Response, t0: float, started: float,
+                   stop: threading.Event, outcomes: list[Outcome]):
+    """Follow a feedback's 503 + Retry-After (feedback_pending: its record is not written
+    yet) as a real client would; each such answer is kept as kind "retried". Returns the
+    final answer and when it was asked, or None if the run ended meanwhile (the client gave
+    up: nothing failed) or the connection broke (recorded here)."""
+    while call.kind == "feedback" and retry_later(response):
+        outcomes.append(Outcome("retried", response.status_code, time.monotonic() - t0,
+                                t0 - started))
+        if stop.wait(float(response.headers["Retry-After"])):
+            return None, t0
+        t0 = time.monotonic()
+        try:
+            response = session.request(call.method, url + call.path,
+                                       timeout=REQUEST_TIMEOUT_S, **call.kwargs)
+        except requests.RequestException:
+            outcomes.append(Outcome(call.kind, 0, time.monotonic() - t0, t0 - started))
+            return None, t0
+    return response, t0
 
 
 def retry_later(response: requests.Response) -> bool:

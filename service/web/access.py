@@ -10,6 +10,7 @@ later by the data plane, through :meth:`Access.charge_images`.
 from __future__ import annotations
 
 import dataclasses
+import random
 import threading
 import time
 from typing import Any, Callable
@@ -97,7 +98,8 @@ class Access:
         """Hold a refused request a moment, while a tarpit slot is free (see [ratelimit])."""
         if self._tarpit is not None and self._tarpit.acquire(blocking=False):
             try:
-                time.sleep(self.tarpit_s)
+                # Jitter: held requests must not all come back at once, in one burst.
+                time.sleep(self.tarpit_s * random.uniform(0.5, 1.5))
             finally:
                 self._tarpit.release()
 
