@@ -173,7 +173,7 @@ def git_commit() -> str:
     commit = git("rev-parse", "--short=12", "HEAD") or "unknown"
     # The benchmark's own outputs do not make the measured code "uncommitted".
     dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".",
-                ":!bench/RESULTS.md", ":!bench/results.json", ":!bench/NOTES.md")
+                ":!bench/RESULTS.md", ":!bench/*.json", ":!bench/NOTES.md")
     return commit + (" (+ uncommitted changes)" if dirty else "")
 
 
