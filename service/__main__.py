@@ -215,6 +215,12 @@ def _add_keys_parser(commands) -> None:
     keys.set_defaults(handler=_keys)
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it is below it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
 def _keys(args: argparse.Namespace) -> int:
     from . import api_keys
     from .config import load_settings
@@ -228,7 +234,7 @@ def _keys(args: argparse.Namespace) -> int:
         limits = api_keys.KeyLimits(**{f: getattr(args, f) for f in api_keys.LIMIT_FIELDS})
         record, key = api_keys.add_key(path, args.name, args.admin, limits)
         kind = "admin key" if record.admin else "key"
-        print(f"created {kind} {record.id} for {record.name} in {path}.\n"
+        print(f"created {kind} {record.id} for {record.name} in {_shown(path)}.\n"
               "Store it now; it is not kept and cannot be shown again:\n" + key)
     elif args.action == "list":
         for record in api_keys.read_keys(path).values():
