@@ -334,11 +334,8 @@ def client_loop(index: int, url: str, corpus: Corpus, options: Options,
     while not stop.is_set() and budget.take():
         call = mixer.next()
         t0 = time.monotonic()
-        try:
-            response = session.request(call.method, url + call.path,
-                                       timeout=REQUEST_TIMEOUT_S, **call.kwargs)
-        except requests.RequestException:
-            outcomes.append(Outcome(call.kind, 0, time.monotonic() - t0, t0 - started))
+        response = send(session, url, call, t0, started, outcomes)
+        if response is None:
             session = requests.Session()  # the old connection is dead
             stop.wait(0.05)  # a dead server: do not spin
             continue
@@ -361,13 +358,21 @@ def follow_retries(session: requests.Session, url: str, call: Call,
         if stop.wait(float(response.headers["Retry-After"])):
             return None, t0
         t0 = time.monotonic()
-        try:
-            response = session.request(call.method, url + call.path,
-                                       timeout=REQUEST_TIMEOUT_S, **call.kwargs)
-        except requests.RequestException:
-            outcomes.append(Outcome(call.kind, 0, time.monotonic() - t0, t0 - started))
+        response = send(session, url, call, t0, started, outcomes)
+        if response is None:
             return None, t0
     return response, t0
+
+
+def send(session: requests.Session, url: str, call: Call, t0: float, started: float,
+         outcomes: list[Outcome]) -> requests.Response | None:
+    """One request; a broken connection is recorded as status 0 and gives None."""
+    try:
+        return session.request(call.method, url + call.path, timeout=REQUEST_TIMEOUT_S,
+                               **call.kwargs)
+    except requests.RequestException:
+        outcomes.append(Outcome(call.kind, 0, time.monotonic() - t0, t0 - started))
+        return None
 
 
 def retry_later(response: requests.Response) -> bool:
