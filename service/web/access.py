@@ -2,7 +2,7 @@
 
 ``tools.access`` runs before a request's body is read. It finds the route's policy in
 ``POLICIES``, checks the key (``Authorization: Bearer <key>`` or ``X-API-Key: <key>``) when
-keys are configured, and admits the request through the client's token bucket and
+keys are configured -- without keys, admin routes take ``[service] admin_token`` -- and admits the request through the client's token bucket and
 in-flight cap (the client is the key's id, or the address without keys). A refusal is
 answered at once, with the body left unread. The image count of a prediction is charged
 later by the data plane, through :meth:`Access.charge_images`.
@@ -10,6 +10,7 @@ later by the data plane, through :meth:`Access.charge_images`.
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import random
 import threading
 import time
@@ -45,18 +46,21 @@ def policy_for(path: str) -> str:
     return policy
 
 
-def presented_key(headers: Any) -> str | None:
+def presented_key(headers: Any, header: str = "X-API-Key") -> str | None:
+    """The credential of ``Authorization: Bearer <it>``, else of ``header``."""
     scheme, _, credentials = headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
-    return headers.get("X-API-Key", "").strip() or None
+    return headers.get(header, "").strip() or None
 
 
 class Access:
     """The keys (None: no keys configured) and limiter behind ``tools.access``."""
 
-    def __init__(self, auth: AuthSettings, limits: RateLimitSettings, batch_max: int):
+    def __init__(self, auth: AuthSettings, limits: RateLimitSettings, batch_max: int,
+                 admin_token: str | None = None):
         self.auth = auth
+        self.admin_token = admin_token or None  # admin routes' credential without keys
         if auth.keys_file is not None and not auth.keys_file.exists():
             raise ConfigError(f"[auth] keys_file: {auth.keys_file} does not exist; create a "
                               "key with `python -m service keys add NAME`")
@@ -69,10 +73,6 @@ class Access:
             if limits.tarpit_s and limits.tarpit_slots else None
         self.batch_max = batch_max
         self.form_error: Callable[[ServiceError], bytes] | None = None  # set by the UI
-
-    @property
-    def keys_required(self) -> bool:
-        return self.keys is not None
 
     def form_needs_key(self) -> bool:
         return self.keys is not None and not self.auth.form_open
@@ -110,6 +110,9 @@ class Access:
             self.limiter.leave(client)
 
     def _authenticate(self, policy: str, request: Any) -> ApiKey | None:
+        if self.keys is None and policy == ADMIN:
+            self._check_admin_token(request.headers)
+            return None
         if self.keys is None or policy == OPEN:
             return None
         if (policy == HEALTH and not self.auth.protect_health) or \
@@ -127,6 +130,17 @@ class Access:
             raise Forbidden(f"The key {key.name!r} is not an admin key; this route needs one.",
                             "admin_required")
         return key
+
+    def _check_admin_token(self, headers: Any) -> None:
+        """Without API keys, admin routes take ``[service] admin_token`` (or are disabled)."""
+        if self.admin_token is None:
+            raise Forbidden("Admin routes are disabled: no [service] admin_token is configured.",
+                            "admin_disabled")
+        presented = presented_key(headers, "X-Admin-Token")
+        if presented is None or not hmac.compare_digest(presented.encode(),
+                                                        self.admin_token.encode()):
+            raise Unauthorized("This route needs the admin token: send "
+                               "'Authorization: Bearer <token>' or 'X-Admin-Token: <token>'.")
 
     def check_form_key(self) -> None:
         """before_handler: the key typed into the HTML form, now that its body is parsed."""

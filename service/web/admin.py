@@ -1,17 +1,16 @@
 """Model versions over HTTP: what ``GET /v1/models/<name>`` says about them, and the admin-only
 ``POST /v1/models/<name>/reload`` (newest version, or ``{"version": N}`` to pin N — a rollback).
 
-Admin routes take ``Authorization: Bearer <token>`` or ``X-Admin-Token: <token>``, compared in
-constant time with ``[service] admin_token``; with no token configured they are disabled.
+Who may call it (an admin key, or the admin token without keys) is ``tools.access``'s
+business (access.py), checked before this runs.
 """
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 import cherrypy
 
-from ..errors import Forbidden, InvalidInput, Unauthorized
+from ..errors import InvalidInput
 from ..models.registry import ModelRegistry, ModelStatus
 from .bodies import parse_json, read_body
 from .responses import require_method
@@ -41,40 +40,16 @@ def version_info(status: ModelStatus, versions: list[int]) -> dict[str, Any]:
 
 
 class Admin:
-    """With API keys configured, ``tools.access`` has already required an admin key;
-    without them, the admin token (if any) guards these routes."""
-
-    def __init__(self, registry: ModelRegistry, token: str | None, keys_required: bool = False):
+    def __init__(self, registry: ModelRegistry):
         self.registry = registry
-        self.token = token or None
-        self.keys_required = keys_required
 
     def reload(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
         """POST /v1/models/<name>/reload: 200 with the new summary, or 409 ``reload_failed``."""
         require_method("POST")
-        self.authorize()
         status = self.registry.reload(name, requested_version(params))
         return {"name": status.name, "version": status.version, "state": status.state.value,
                 "previous_version": status.previous_version, "policy": status.policy,
                 "pinned": status.pinned}
-
-    def authorize(self) -> None:
-        if self.keys_required:
-            return
-        if self.token is None:
-            raise Forbidden("Admin routes are disabled: no [service] admin_token is configured.",
-                            "admin_disabled")
-        presented = presented_token(cherrypy.request.headers)
-        if presented is None or not hmac.compare_digest(presented.encode(), self.token.encode()):
-            raise Unauthorized("This route needs the admin token: send "
-                               "'Authorization: Bearer <token>' or 'X-Admin-Token: <token>'.")
-
-
-def presented_token(headers: Any) -> str | None:
-    scheme, _, credentials = headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip()
-    return headers.get("X-Admin-Token") or None
 
 
 def requested_version(params: dict[str, Any]) -> int | None:

@@ -102,11 +102,10 @@ class ModelsResource:
 
     _cp_config = {"tools.bodiless_post.on": True}  # a bare POST .../reload is not a 411
 
-    def __init__(self, predictor: Predictor, admin_token: str | None = None,
-                 keys_required: bool = False):
+    def __init__(self, predictor: Predictor):
         self.predictor = predictor
         self.registry = predictor.plane.registry
-        self.admin = Admin(self.registry, admin_token, keys_required)
+        self.admin = Admin(self.registry)
 
     @cherrypy.expose
     @json_endpoint
@@ -136,11 +135,10 @@ class ModelsResource:
 
 
 class V1(FeedbackRoutes):
-    def __init__(self, predictor: Predictor, admin_token: str | None = None,
-                 inputlog: Any = None, keys_required: bool = False):
+    def __init__(self, predictor: Predictor, inputlog: Any = None):
         self.predictor = predictor
         self.inputlog = inputlog  # /v1/feedback (FeedbackRoutes); None when the log is off
-        self.models = ModelsResource(predictor, admin_token, keys_required)
+        self.models = ModelsResource(predictor)
 
     @cherrypy.expose
     @json_endpoint

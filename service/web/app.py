@@ -32,7 +32,8 @@ class Root(HealthRoutes, CompatRoutes, UiRoutes, ObservabilityRoutes):
         service = settings.service
         self.settings = settings
         self.registry = registry
-        self.access = Access(settings.auth, settings.ratelimit, service.max_batch_size)
+        self.access = Access(settings.auth, settings.ratelimit, service.max_batch_size,
+                             service.admin_token)
         self.access.form_error = lambda exc: form_error(self, exc)
         self.plane = DataPlane(registry, max_pixels=service.max_pixels,
                                max_frames=service.max_frames,
@@ -47,8 +48,7 @@ class Root(HealthRoutes, CompatRoutes, UiRoutes, ObservabilityRoutes):
         self.default_model = service.default_model
         self.mnist_dir = service.mnist_dir
         self.inputlog = inputlog
-        self.v1 = V1(self.predictor, service.admin_token, inputlog,
-                     keys_required=self.access.keys_required)
+        self.v1 = V1(self.predictor, inputlog)
 
 
 def app_config(max_body_bytes: int) -> dict[str, Any]:

@@ -145,17 +145,12 @@ def _page_context(root: Any) -> dict[str, Any]:
     }
 
 
-def _needs_key(root: Any) -> bool:
-    access = getattr(root, "access", None)
-    return access is not None and access.form_needs_key()
-
-
 def _render(root: Any, template: str, fragment: bool, **context: Any) -> str:
     context.setdefault("results", [])
     context.setdefault("error", None)
     context.setdefault("filename", "")
     context.setdefault("form", {"model": "all", "x": "", "y": "", "api_key": _form_key()})
-    context["needs_key"] = _needs_key(root)
+    context["needs_key"] = root.access.form_needs_key()
     context.setdefault("request_id", None)
     # The fragment goes into a page whose script sends feedback; a full page posts a form.
     context.setdefault("feedback", getattr(root, "inputlog", None) is not None)
