@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PORT   ?= 8080
 
 .PHONY: install serve daemon stop test train fast-train evaluate bench fixtures clean fuzz soak \
-        fairness hostile
+        fairness hostile test-runs
 
 install: $(STAMP)
 
@@ -58,6 +58,9 @@ fairness: install              ## a flood from one key vs another key's latency 
 
 hostile: install               ## the hostile-input table against a fresh server -> bench/RESULTS.md
 	$(PY) bench/hostile.py
+
+test-runs: install             ## the whole suite 5 times on a clean clone -> bench/RESULTS.md
+	$(PY) bench/test_runs.py --runs $${RUNS:-5}
 
 fixtures: install
 	$(PY) tests/fixtures/make_fixtures.py

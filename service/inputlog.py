@@ -198,20 +198,19 @@ class InputLog:
         Give ``label`` or ``class_id``; it must be one of the labels of the models that answered.
         A ``caller`` (API key id, admin?) may only label its own predictions, unless admin.
         """
-        _check_feedback_args(request_id, label, class_id, instance)
         conn = self._open()
         try:
-            rows = db.request_records(conn, request_id, instance)
+            rows = db.request_records(conn, request_id)
             if not rows and self._done_upto < self._last_queued:
                 written = self.flush()  # the request may still be waiting in the queue
-                rows = db.request_records(conn, request_id, instance)
+                rows = db.request_records(conn, request_id)
                 if not rows and not written:
                     raise Unavailable("Recent predictions are still being written to the input "
                                       "log; retry shortly.", "feedback_pending", retry_after=2)
             if not rows:
-                which = "" if instance is None else f" (instance {instance})"
-                raise NotFound(f"No logged prediction has request id {request_id!r}{which}.",
+                raise NotFound(f"No logged prediction has request id {request_id!r}.",
                                "request_not_found")
+            rows = _of_instance(rows, request_id, instance)
             _check_owner(rows, caller)
             label, class_id = self._resolve(conn, rows, label, class_id)
             updated = db.set_feedback(conn, [r["id"] for r in rows], label, class_id)
@@ -478,14 +477,13 @@ def _check_owner(rows: list[sqlite3.Row], caller: Caller | None) -> None:
                         "admin key may give feedback on it.", "feedback_forbidden")
 
 
-def _check_feedback_args(request_id: Any, label: Any, class_id: Any, instance: Any) -> None:
-    if not isinstance(request_id, str) or not request_id.strip():
-        raise InvalidInput("'request_id' must be a non-empty string.", "bad_parameter")
-    if (label is None) == (class_id is None):
-        raise InvalidInput("Give exactly one of 'label' (a string) or 'class' (an integer).",
-                           "bad_parameter")
-    if label is not None and not isinstance(label, str):
-        raise InvalidInput(f"'label' must be a string, got {label!r}.", "bad_label")
-    for name, value in (("class", class_id), ("instance", instance)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise InvalidInput(f"'{name}' must be an integer, got {value!r}.", "bad_parameter")
+def _of_instance(rows: list[sqlite3.Row], request_id: str,
+                 instance: int | None) -> list[sqlite3.Row]:
+    """The records of image ``instance`` of the request (all of them for None)."""
+    if instance is None:
+        return rows
+    count = 1 + max(row["instance"] for row in rows)
+    if not 0 <= instance < count:
+        raise InvalidInput(f"'instance' must be from 0 to {count - 1}: request {request_id!r} "
+                           f"had {count} image(s); got {instance}.", "bad_parameter")
+    return [row for row in rows if row["instance"] == instance]

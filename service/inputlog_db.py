@@ -189,13 +189,9 @@ def mark_pruned(conn: sqlite3.Connection, sha256s: list[str]) -> None:
                          [(now, sha) for sha in sha256s])
 
 
-def request_records(conn: sqlite3.Connection, request_id: str,
-                    instance: int | None = None) -> list[sqlite3.Row]:
-    sql = "SELECT id, instance, model, version, api_key_id FROM predictions WHERE request_id = ?"
-    args: tuple = (request_id,)
-    if instance is not None:
-        sql, args = sql + " AND instance = ?", (request_id, instance)
-    return conn.execute(sql, args).fetchall()
+def request_records(conn: sqlite3.Connection, request_id: str) -> list[sqlite3.Row]:
+    return conn.execute("SELECT id, instance, model, version, api_key_id FROM predictions "
+                        "WHERE request_id = ?", (request_id,)).fetchall()
 
 
 def set_feedback(conn: sqlite3.Connection, ids: list[int], label: str, class_id: int) -> int:

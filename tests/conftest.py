@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+import fuzzing
 from support import FIXTURES, S3Server, ServerProcess
 
 
@@ -40,3 +41,23 @@ def s3_server(tmp_path_factory):
     server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log").start()
     yield server
     server.stop()
+
+
+def pytest_report_header() -> str:
+    return f"fuzz: FUZZ_SEED={fuzzing.SEED}, examples database {fuzzing.EXAMPLES_DIR}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed property-based test says how to replay it (the seed of this run)."""
+    report = yield
+    if report.failed and item.get_closest_marker("fuzz") is not None:
+        report.sections.append(("fuzz seed", fuzzing.REPLAY))
+    return report
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:  # every hypothesis or schemathesis test is a fuzz test
+        if getattr(getattr(item, "obj", None), "is_hypothesis_test", False) or \
+                "schemathesis" in type(item).__module__ or "fuzz" in item.path.name:
+            item.add_marker("fuzz")

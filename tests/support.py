@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: repo paths and a real server process on a loopback port."""
+"""Shared test helpers: repo paths, waiting on a condition, real servers on loopback ports."""
 from __future__ import annotations
 
 import os
@@ -7,12 +7,83 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import requests
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.01,
+             what: str | Callable[[], str] = "condition") -> Any:
+    """Poll ``condition`` until it returns something truthy, and return that.
+
+    For waiting on a state the test can observe, never on a guess of how long something
+    takes: ``timeout`` is only a ceiling against a hang, so keep it generous. Once it has
+    passed, fails the test (AssertionError) with ``what`` (called then, if callable).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what() if callable(what) else what} "
+                                 f"not met within {timeout:g} s")
+        time.sleep(interval)
+
+
+ESTABLISHED, CLOSE_WAIT, LISTEN = "01", "08", "0A"  # TCP states as /proc/net/tcp has them
+
+
+@dataclass(frozen=True)
+class TcpEnd:
+    """One end of a TCP connection on this host, as the kernel sees it."""
+
+    state: str
+    unacked: int  # bytes written but not yet acknowledged by the peer (tx_queue)
+    unread: int   # bytes received but not yet read by the process (rx_queue)
+
+
+def tcp_ends() -> dict[tuple[int, int], TcpEnd]:
+    """This host's TCP connection ends by (local port, remote port), from /proc/net/tcp{,6}."""
+    ends = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            _, local, remote, state, queues, *_ = row.split()
+            unacked, unread = (int(n, 16) for n in queues.split(":"))
+            ports = (int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16))
+            ends[ports] = TcpEnd(state, unacked, unread)
+    return ends
+
+
+def read_by_server(server_port: int, client_port: int, ends: dict | None = None) -> bool:
+    """All a loopback client sent so far has reached the server and been read by it: a
+    state to wait for where a test would otherwise sleep and hope."""
+    ends = tcp_ends() if ends is None else ends
+    client, server = ends.get((client_port, server_port)), ends.get((server_port, client_port))
+    return (client is not None and server is not None
+            and client.state == server.state == ESTABLISHED
+            and client.unacked == 0 and server.unread == 0)
+
+
+def listening(port: int) -> bool:
+    """A socket on this host listens on ``port``."""
+    return any(end.state == LISTEN for (local, _), end in tcp_ends().items() if local == port)
+
+
+def closed_by_server(server_port: int, client_ports: list[int]) -> bool:
+    """The server has closed its end of each of these loopback connections."""
+    ends = tcp_ends()
+    return not any(ends.get((server_port, port), TcpEnd("", 0, 0)).state
+                   in (ESTABLISHED, CLOSE_WAIT) for port in client_ports)
 
 
 def free_port() -> int:

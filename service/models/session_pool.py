@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -43,6 +43,9 @@ class PoolSettings:
     inter_op_threads: int = 1
     # A session.run taking longer than this is deemed wedged: its worker is replaced.
     worker_timeout_s: float = 30.0
+    # Fault injection, for tests and drills only: each session.run first sleeps this long,
+    # so "inference is slow" (a full queue, a missed deadline) happens by construction.
+    inject_run_delay_s: float = 0.0
 
     def __post_init__(self) -> None:
         for key in ("pool_size", "max_batch_size", "queue_size"):
@@ -52,6 +55,8 @@ class PoolSettings:
             raise ValueError(f"batch_timeout_ms must be >= 0, got {self.batch_timeout_ms}")
         if not self.worker_timeout_s > 0:
             raise ValueError(f"worker_timeout_s must be > 0, got {self.worker_timeout_s}")
+        if self.inject_run_delay_s < 0:
+            raise ValueError(f"inject_run_delay_s must be >= 0, got {self.inject_run_delay_s}")
 
     def threads_per_session(self) -> int:
         return self.intra_op_threads or max(1, (os.cpu_count() or 1) // self.pool_size)
@@ -89,13 +94,24 @@ class _Session:
     ``run`` is a plain attribute, so a test can swap in a callable that hangs or raises.
     """
 
-    def __init__(self, session: Any, input_tensor: Any, output_tensor: Any):
+    def __init__(self, session: Any, input_tensor: Any, output_tensor: Any,
+                 delay_s: float = 0.0):
         self.session = session
         self.owner = threading.get_ident()  # the creating thread: the only one that runs it
         self.run = session.make_callable(output_tensor, feed_list=[input_tensor])
+        if delay_s:
+            self.run = _delayed(self.run, delay_s)
 
     def close(self) -> None:
         self.session.close()
+
+
+def _delayed(run: Callable, delay_s: float) -> Callable:
+    """``run``, each call ``delay_s`` late (PoolSettings.inject_run_delay_s)."""
+    def slow_run(inputs: Any) -> Any:
+        time.sleep(delay_s)
+        return run(inputs)
+    return slow_run
 
 
 class _Worker:
@@ -399,7 +415,8 @@ class SessionPool:
         # Tensors resolved once: fetching by Tensor avoids a name lookup per run.
         return _Session(tf.compat.v1.Session(graph=graph, config=config),
                         graph.get_tensor_by_name(self._input),
-                        graph.get_tensor_by_name(self._output))
+                        graph.get_tensor_by_name(self._output),
+                        self.settings.inject_run_delay_s)
 
     def _collect(self, worker: _Worker, expected: int):
         """Gather submissions for one run into ``worker.batch``. Returns (batch, stop?).

@@ -12,6 +12,7 @@ import cherrypy
 
 from ..errors import InvalidInput
 from ..models.registry import ModelRegistry, ModelStatus
+from . import fields
 from .bodies import parse_json, read_body
 from .responses import require_method
 
@@ -61,11 +62,4 @@ def requested_version(params: dict[str, Any]) -> int | None:
         if not isinstance(payload, dict):
             raise InvalidInput("The JSON body must be an object.", "invalid_json")
         value = payload.get("version")
-    if value is None:
-        return None
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidInput(f"'version' must be a positive integer, got {value!r}.",
-                           "bad_parameter")
-    return value
+    return fields.integer(value, "'version'", low=1)

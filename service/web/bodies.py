@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from ..config import ServiceSettings
 from ..dataplane import Instance
 from ..errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from ..images_root import read_image_path
+from . import fields
 
 RAW_IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/tiff",
                    "image/webp", "application/octet-stream")
@@ -145,7 +145,7 @@ def parse_json(data: bytes, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> Any:
     if json_depth_exceeds(data, max_depth):
         raise _too_deep(max_depth)
     try:
-        return json.loads(data)
+        return json.loads(data, parse_constant=_refuse_constant)
     except RecursionError:  # only reachable if max_depth is above Python's recursion limit
         raise _too_deep(max_depth) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -153,6 +153,12 @@ def parse_json(data: bytes, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> Any:
     except ValueError:  # e.g. an integer longer than Python converts (sys.int_info)
         raise InvalidInput("The body is not valid JSON: a number in it is too long.",
                            "invalid_json") from None
+
+
+def _refuse_constant(name: str) -> None:
+    """NaN, Infinity and -Infinity are not JSON (Python's parser would take them)."""
+    raise InvalidInput(f"The body is not valid JSON: {name} is not a JSON number.",
+                       "invalid_json")
 
 
 def json_depth_exceeds(data: bytes, limit: int) -> bool:
@@ -213,9 +219,9 @@ def _json_instance(item: Any, index: int, limits: BodyLimits) -> Instance:
 
 def instance_from_options(data: bytes, options: dict[str, Any], where: str = "") -> Instance:
     """An instance with its ``x``, ``y``, ``crop`` options checked (``where`` prefixes names)."""
-    x = parse_number(options.get("x"), where + "x")
-    y = parse_number(options.get("y"), where + "y")
-    crop = parse_number(options.get("crop"), where + "crop")
+    x = fields.number(options.get("x"), where + "x")
+    y = fields.number(options.get("y"), where + "y")
+    crop = fields.number(options.get("crop"), where + "crop")
     if (x is None) != (y is None):
         raise InvalidInput(f"Give both {where}x and {where}y, or neither.", "bad_parameter")
     if crop is not None and not 0 < crop <= 1:
@@ -249,26 +255,6 @@ def _check_base64_size(text: str, where: str, max_bytes: int) -> None:
         raise image_bytes_too_large(f"'{where}'", max_bytes)
 
 
-def parse_number(value: Any, name: str) -> float | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):
-        raise InvalidInput(f"{name} must be a number, got {value!r}.", "bad_parameter")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"{name} must be a number, got {value!r}.", "bad_parameter") from None
-    if not math.isfinite(number):
-        raise InvalidInput(f"{name} must be a finite number.", "bad_parameter")
-    return number
-
-
 def parse_top_k(value: Any) -> int | None:
-    """None means the default; range checks happen where the label count is known."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    raise InvalidInput(f"top_k must be an integer, got {value!r}.", "bad_parameter")
+    """None means the default; the range is checked where the label count is known."""
+    return fields.integer(value, "top_k")

@@ -106,7 +106,8 @@ class CompatRoutes:
     @staticmethod
     def _index(rest: tuple, count: int) -> int:
         text = rest[0] if len(rest) == 1 else ""
-        if not (text.isascii() and text.isdigit()) or int(text) >= count:
+        # at most 9 digits: int() of thousands of them would raise, not say "not found"
+        if not (text.isascii() and text.isdigit() and len(text) <= 9) or int(text) >= count:
             raise NotFound(f"MNIST test image index must be an integer from 0 to {count - 1}.",
                            "index_not_found")
         return int(text)

@@ -39,7 +39,7 @@ import cherrypy
 from cheroot.server import ChunkedRFile, HTTPConnection, KnownLengthRFile
 from cherrypy._cpwsgi_server import CPWSGIHTTPRequest, CPWSGIServer
 
-from .responses import error_payload
+from .responses import HTTP_CODES, error_payload
 
 if TYPE_CHECKING:
     from ..metrics import ServiceMetrics
@@ -279,6 +279,19 @@ class GuardedRequest(CPWSGIHTTPRequest):
     def __init__(self, server: "GuardedServer", conn: HTTPConnection):
         super().__init__(server, conn)
         server.guard.watch(conn, self)
+
+    def simple_response(self, status: str, msg: str | bytes = "") -> None:
+        """cheroot's own refusals (a malformed request line or header, 413, 414, 505...) in
+        our JSON error shape, counted like every other refusal; 1xx stay cheroot's."""
+        number = int(str(status)[:3])
+        if number < 400:
+            return super().simple_response(status, msg)
+        text = msg.decode("latin-1") if isinstance(msg, bytes) else str(msg)
+        code = HTTP_CODES.get(number, f"http_{number}")
+        self.close_connection = True  # what follows a malformed request cannot be trusted
+        self.server.guard.reject(code, number)
+        with suppress(OSError):
+            self.conn.wfile.write(raw_response(str(status), code, text or str(status)[4:]))
 
     # cheroot creates the body reader inside respond() and hands it to the app at once;
     # wrapping it on assignment is the one place to step in between.

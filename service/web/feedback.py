@@ -8,22 +8,33 @@ import cherrypy
 from ..errors import InvalidInput, NotFound, UnsupportedMediaType
 from ..inputlog import InputLog
 from .access import current_key
+from . import fields
 from .bodies import media_type, parse_json, read_body
 from .responses import json_endpoint, require_method
 
 MAX_FEEDBACK_BYTES = 4096  # a request id, a label and an index: nothing big
+MAX_REQUEST_ID_CHARS = 128  # ours are 32 hex digits
+MAX_LABEL_CHARS = 64
 
 
-def feedback_from_json(payload: Any) -> dict[str, Any]:
-    """``{"request_id", "label"}`` or ``{"request_id", "class"}`` (+ optional ``instance``)
-    as keyword arguments of :meth:`InputLog.feedback` (which checks the values)."""
+def feedback_fields(payload: Any) -> dict[str, Any]:
+    """``{"request_id", "label"}`` or ``{"request_id", "class"}`` (+ optional ``instance``),
+    checked, as keyword arguments of :meth:`InputLog.feedback` (which checks them against the
+    logged request: its labels and its image count)."""
     if not isinstance(payload, dict):
         raise InvalidInput("The JSON body must be an object with 'request_id' and 'label' "
                            "or 'class'.", "invalid_json")
-    if "request_id" not in payload:
+    request_id = fields.text(payload.get("request_id"), "'request_id'", MAX_REQUEST_ID_CHARS)
+    if request_id is None:
         raise InvalidInput("The JSON body needs 'request_id'.", "bad_parameter")
-    return {"request_id": payload["request_id"], "label": payload.get("label"),
-            "class_id": payload.get("class"), "instance": payload.get("instance")}
+    label = fields.text(payload.get("label"), "'label'", MAX_LABEL_CHARS, code="bad_label")
+    class_id = fields.integer(payload.get("class"), "'class'", decimal_text=False)
+    if (label is None) == (class_id is None):
+        raise InvalidInput("Give exactly one of 'label' (a string) or 'class' (an integer).",
+                           "bad_parameter")
+    instance = fields.integer(payload.get("instance"), "'instance'", low=0, decimal_text=False)
+    return {"request_id": request_id, "label": label, "class_id": class_id,
+            "instance": instance}
 
 
 def require_inputlog(inputlog: InputLog | None) -> InputLog:
@@ -45,7 +56,7 @@ class FeedbackRoutes:
         if media_type() != "application/json":
             raise UnsupportedMediaType("Send feedback as application/json.")
         payload = parse_json(read_body(MAX_FEEDBACK_BYTES))
-        return require_inputlog(self.inputlog).feedback(**feedback_from_json(payload),
+        return require_inputlog(self.inputlog).feedback(**feedback_fields(payload),
                                                         caller=current_caller())
 
 

@@ -12,7 +12,8 @@ def reject_oversized_body(limit: int) -> None:
     both end in the same JSON error via the app's error page.
     """
     length = cherrypy.request.headers.get("Content-Length")
-    if length is not None and length.isdigit() and int(length) > limit:
+    if length is not None and length.isascii() and length.isdigit() and (
+            len(length) > 18 or int(length) > limit):  # 19+ digits: past any limit
         cherrypy.response.headers["Connection"] = "close"  # the unread body must not be parsed
         cherrypy.request.process_request_body = False
         raise cherrypy.HTTPError(413, f"The request body is larger than {limit} bytes.")

@@ -11,6 +11,8 @@ import json
 from typing import Any
 
 from . import access
+from .feedback import MAX_LABEL_CHARS, MAX_REQUEST_ID_CHARS
+from .fields import INT64_MAX
 
 JSON = "application/json"
 HTML = "text/html"
@@ -79,6 +81,9 @@ def array(items: dict[str, Any], **more: Any) -> dict[str, Any]:
 
 
 INT, NUM, STR, BOOL = {"type": "integer"}, {"type": "number"}, {"type": "string"}, {"type": "boolean"}
+INDEX = {"type": "integer", "minimum": 0, "maximum": INT64_MAX}
+REQUEST_ID = {"type": "string", "minLength": 1, "maxLength": MAX_REQUEST_ID_CHARS}
+LABEL = {"type": "string", "minLength": 1, "maxLength": MAX_LABEL_CHARS}
 PROBABILITY = {"type": "number", "minimum": 0, "maximum": 1}
 BINARY = {"type": "string", "contentMediaType": "application/octet-stream"}
 
@@ -147,7 +152,7 @@ SCHEMAS: dict[str, Any] = {
         versions=array(INT), previous_version=nullable(INT),
         last_reload_failure=nullable(obj(("version", "reason"), version=nullable(INT),
                                          reason=STR, code=STR, at=STR)))]},
-    "ReloadRequest": obj(version={"type": "integer", "minimum": 1,
+    "ReloadRequest": obj(version={"type": "integer", "minimum": 1, "maximum": INT64_MAX,
                                   "description": "Serve and pin this version (a rollback); "
                                                  "omit to serve the newest and follow it."}),
     "ReloadResult": obj(("name", "version", "state"), name=STR, version=nullable(INT),
@@ -155,8 +160,9 @@ SCHEMAS: dict[str, Any] = {
                         previous_version=nullable(INT), policy={"enum": ["latest", "pinned"]},
                         pinned=nullable(INT)),
     "FeedbackRequest": {"oneOf": [
-        obj(("request_id", "label"), request_id=STR, label=STR, instance=INT),
-        obj(("request_id", "class"), request_id=STR, **{"class": INT}, instance=INT),
+        obj(("request_id", "label"), request_id=REQUEST_ID, label=LABEL, instance=INDEX),
+        obj(("request_id", "class"), request_id=REQUEST_ID, **{"class": INDEX},
+            instance=INDEX),
     ], "description": "The true label of an earlier prediction (by its request_id); "
                       "instance picks one image of a batch."},
     "FeedbackResult": obj(("request_id", "label", "class", "updated"), request_id=STR,

@@ -19,7 +19,8 @@ HTTP_CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
     405: "method_not_allowed", 408: "request_timeout", 411: "length_required",
     413: "body_too_large", 414: "uri_too_long", 415: "unsupported_media_type",
-    500: "internal_error", 503: "unavailable",
+    500: "internal_error", 501: "not_implemented", 503: "unavailable",
+    505: "http_version_not_supported",
 }
 MESSAGES = {
     404: "There is nothing at this URL.",

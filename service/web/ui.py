@@ -22,7 +22,7 @@ from ..models import preprocess
 from ..models.registry import ModelState
 from .api import request_context
 from .bodies import check_image_bytes, instance_from_options
-from .feedback import current_caller, require_inputlog
+from .feedback import current_caller, feedback_fields, require_inputlog
 from .responses import HTTP_CODES, note_error, require_method
 
 log = logging.getLogger("service.web")
@@ -262,7 +262,8 @@ class UiRoutes:
         chosen = label or correction  # "Yes" sends the predicted label; "Send" the chosen one
         try:
             answer = require_inputlog(getattr(self, "inputlog", None)).feedback(
-                request_id, label=chosen, caller=current_caller())
+                **feedback_fields({"request_id": request_id, "label": chosen}),
+                caller=current_caller())
         except ServiceError as exc:
             return _error_response(self, exc.status, exc.code, exc.message, exc.headers)
         return _respond(self, "feedback.html", fragment=False, answer=answer)

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from service.errors import ServiceError
 from service.models.preprocess import PreprocessSpec, preprocess
+from fuzzing import fuzz_settings, mutated_image, seeded
 from support import FIXTURES
 
 SEEDS = [(FIXTURES / name).read_bytes() for name in
@@ -27,25 +28,15 @@ def check(data: bytes, spec: PreprocessSpec) -> None:
     assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
 
 
-@st.composite
-def mutated(draw) -> bytes:
-    """A real image with a few bytes flipped, a slice cut out, or truncated."""
-    data = bytearray(draw(st.sampled_from(SEEDS)))
-    for _ in range(draw(st.integers(0, 8))):
-        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
-    if draw(st.booleans()):
-        start = draw(st.integers(0, len(data) - 1))
-        del data[start:start + draw(st.integers(0, 64))]
-    return bytes(data[:draw(st.integers(0, len(data)))])
-
-
-@settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
-@given(mutated(), st.sampled_from(SPECS))
+@fuzz_settings(300)
+@seeded
+@given(mutated_image(SEEDS, max_cut=64, max_junk=0), st.sampled_from(SPECS))
 def test_mutated_images_never_crash(data, spec):
     check(data, spec)
 
 
-@settings(max_examples=200, deadline=2000)
+@fuzz_settings(200)
+@seeded
 @given(st.binary(max_size=2048), st.sampled_from(SPECS))
 def test_random_bytes_never_crash(data, spec):
     check(data, spec)

@@ -10,13 +10,12 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
 
 from service.api_keys import KeyLimits, add_key, revoke_key
-from support import FIXTURES, REPO, ServerProcess
+from support import FIXTURES, REPO, ServerProcess, read_by_server, wait_for
 
 IMAGE = (FIXTURES / "digit7_28.png").read_bytes()
 PNG = {"Content-Type": "image/png"}
@@ -117,18 +116,12 @@ def test_reload_needs_an_admin_key(keyed):
 def test_a_revoked_key_stops_working_without_a_restart(keyed):
     proc, _ = keyed
     record, key = add_key(proc.keys_file, "short-lived")
-    deadline = time.monotonic() + 5
-    status = None
-    while time.monotonic() < deadline and status != 200:  # the server re-reads within ~1 s
-        status = requests.get(proc.url + "/v1/models", headers=bearer(key), timeout=10).status_code
-        time.sleep(0.1)
-    assert status == 200
+
+    def status() -> int:
+        return requests.get(proc.url + "/v1/models", headers=bearer(key), timeout=10).status_code
+    wait_for(lambda: status() == 200, interval=0.1)  # the server re-reads the file within ~1 s
     revoke_key(proc.keys_file, record.id)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and status != 401:
-        status = requests.get(proc.url + "/v1/models", headers=bearer(key), timeout=10).status_code
-        time.sleep(0.1)
-    assert status == 401
+    wait_for(lambda: status() == 401, interval=0.1)
 
 
 def test_predictions_are_logged_with_the_key_id(keyed):
@@ -207,8 +200,12 @@ def test_a_key_with_one_request_in_flight_gets_503_for_a_second(keyed):
     head = (f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
             f"Authorization: Bearer {keys['one']}\r\nContent-Length: {len(IMAGE)}\r\n\r\n")
     with socket.create_connection(("127.0.0.1", proc.port), timeout=10) as held:
-        held.sendall(head.encode() + IMAGE[:10])  # in flight until the rest of the body comes
-        time.sleep(0.3)
+        port = held.getsockname()[1]
+        held.sendall(head.encode())
+        wait_for(lambda: read_by_server(proc.port, port))  # the headers, and nothing more
+        held.sendall(IMAGE[:10])  # in flight until the rest of the body comes
+        # The body is read only once the request has been admitted (and counted) in flight.
+        wait_for(lambda: read_by_server(proc.port, port))
         second = requests.post(proc.url + PREDICT, data=IMAGE,
                                headers={**PNG, **bearer(keys["one"])}, timeout=10)
         assert second.status_code == 503

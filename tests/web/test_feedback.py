@@ -1,6 +1,7 @@
 """POST /v1/feedback and the no-JavaScript /feedback_form, against a real server."""
 from __future__ import annotations
 
+import base64
 import re
 
 import pytest
@@ -51,6 +52,13 @@ def test_feedback_by_label_or_class_is_stored_on_every_record(fb_server):
     ({"request_id": "ID", "class": 10}, 400, "bad_label"),
     ({"request_id": "ID", "class": "7"}, 400, "bad_parameter"),
     (["not", "an", "object"], 400, "invalid_json"),
+    # found by the fuzz run: an index past SQLite's INTEGER was an OverflowError, a 500
+    ({"label": "3", "request_id": "abc", "instance": 7206837586016596540093792448854097920},
+     400, "bad_parameter"),
+    ({"request_id": "ID", "label": "7", "instance": 2**63 - 1}, 400, "bad_parameter"),
+    ({"request_id": "ID", "label": "7", "instance": 1}, 400, "bad_parameter"),  # one image
+    ({"request_id": "ID", "label": "7", "instance": -1}, 400, "bad_parameter"),
+    ({"request_id": "ID", "label": "7", "instance": "0"}, 400, "bad_parameter"),
 ])
 def test_bad_feedback_is_a_json_error(fb_server, body, status, code):
     url = fb_server[0]
@@ -59,6 +67,23 @@ def test_bad_feedback_is_a_json_error(fb_server, body, status, code):
     response = requests.post(url + "/v1/feedback", json=body, timeout=30)
     assert response.status_code == status, response.text
     assert response.json()["error"]["code"] == code
+    if "instance" in body:
+        assert "'instance'" in response.json()["error"]["message"]
+
+
+def test_feedback_on_one_instance_labels_only_its_records(fb_server):
+    url, logdir = fb_server
+    two = {"instances": [{"b64": base64.b64encode(DIGIT7).decode()}] * 2}
+    request_id = requests.post(url + "/v1/models/digits-cnn/predict", json=two,
+                               timeout=30).json()["request_id"]
+    response = feedback(url, request_id=request_id, label="1", instance=1)
+    assert response.status_code == 200 and response.json()["updated"] == 1
+    rows = query(logdir, "SELECT instance, feedback_label FROM predictions "
+                         "WHERE request_id = ? ORDER BY instance", (request_id,))
+    assert [tuple(r) for r in rows] == [(0, None), (1, "1")]
+    beyond = feedback(url, request_id=request_id, label="1", instance=2)
+    assert beyond.status_code == 400
+    assert "from 0 to 1" in beyond.json()["error"]["message"]
 
 
 def test_feedback_needs_post_and_json(fb_server):

@@ -14,7 +14,8 @@ Every answer must hold these properties, whatever was sent:
 Schemathesis adds its own checks: documented status codes, content types and response
 schemas. ``FUZZ_EXAMPLES`` bounds the cases per operation (small in CI; ``make fuzz`` sets
 many more); ``FUZZ_URL`` points the tests at an already-running server instead of the shared
-one.
+one. ``FUZZ_SEED`` seeds both fuzzers, and failing examples are kept in git
+(``tests/fuzzing.py``), so a run is reproducible and a found failure is replayed ever after.
 """
 from __future__ import annotations
 
@@ -31,14 +32,15 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 import schemathesis
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from service.config import ServiceSettings
 from service.web.openapi import document
+from fuzzing import DATABASE, SEED, fuzz_settings, mutated_image, seeded
 from support import FIXTURES
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "15"))  # per operation (schemathesis), per mode
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))  # per operation (schemathesis), per mode
 DEADLINE_S = ServiceSettings().request_timeout_s  # the shared server runs the default (10 s)
 MARGIN_S = 5.0     # two shared CI cores: the answer may queue behind other work
 PREDICT = "/v1/models/digits-cnn/predict"
@@ -109,7 +111,8 @@ def fuzz_config() -> schemathesis.Config:
     """Positive and negative cases, bounded; checks tuned to what a schema can say."""
     return schemathesis.Config.from_dict({
         "request-timeout": DEADLINE_S + MARGIN_S,
-        "generation": {"max-examples": EXAMPLES, "mode": "all", "database": "none"},
+        "seed": SEED,
+        "generation": {"max-examples": EXAMPLES, "mode": "all"},
         "checks": {
             # A schema-valid body is not a readable image with ink in it: random base64 or
             # bytes are rightly refused 400 (invalid_image, bad_base64, blank_image), 413 or 415.
@@ -144,6 +147,7 @@ def base_url(request) -> str:
 
 
 @schema.parametrize()
+@settings(database=DATABASE, deadline=None)  # found examples kept in git (tests/fuzzing.py)
 def test_every_operation_conforms(case, base_url):
     response = case.call_and_validate(base_url=base_url)
     CHECKED["schemathesis"] += 1
@@ -154,28 +158,12 @@ def test_every_operation_conforms(case, base_url):
 
 
 # -- hypothesis: random and mutated real images through predict ------------------------------
-@st.composite
-def mutated_image(draw) -> bytes:
-    """A real fixture image with bytes flipped, a slice cut out, junk appended, or truncated."""
-    data = bytearray(draw(st.sampled_from(sorted(SEEDS.values()))))
-    for _ in range(draw(st.integers(0, 8))):
-        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
-    if draw(st.booleans()):
-        start = draw(st.integers(0, len(data) - 1))
-        del data[start:start + draw(st.integers(0, 256))]
-    if draw(st.booleans()):
-        data += draw(st.binary(max_size=64))
-    return bytes(data[:draw(st.integers(0, len(data)))])
-
-
-IMAGE_BYTES = st.one_of(mutated_image(), st.binary(max_size=4096),
+IMAGE_BYTES = st.one_of(mutated_image(sorted(SEEDS.values())), st.binary(max_size=4096),
                         st.sampled_from(sorted(SEEDS.values())))
 RAW_TYPES = st.sampled_from(["image/png", "image/jpeg", "application/octet-stream"])
 BASE64 = st.sampled_from([base64.b64encode, base64.urlsafe_b64encode,
                           lambda data: base64.b64encode(data).rstrip(b"=")])
-HYPOTHESIS = settings(max_examples=max(10, EXAMPLES * 5), deadline=None, database=None,
-                      suppress_health_check=[HealthCheck.too_slow,
-                                             HealthCheck.function_scoped_fixture])
+HYPOTHESIS = fuzz_settings(max(10, EXAMPLES * 5))
 
 
 def post(url: str, route: str = PREDICT, **kwargs: Any) -> Answer:
@@ -194,6 +182,7 @@ OPTIONS = st.fixed_dictionaries({}, optional={
 
 
 @HYPOTHESIS
+@seeded
 @given(data=IMAGE_BYTES, media=RAW_TYPES, options=OPTIONS)
 @example(data=SEEDS["digit7_112.jpg"], media="image/jpeg", options={"crop": 2.2250738585e-313})
 def test_raw_bytes_never_break_predict(base_url, data, media, options):
@@ -204,6 +193,7 @@ def test_raw_bytes_never_break_predict(base_url, data, media, options):
 
 
 @HYPOTHESIS
+@seeded
 @given(data=IMAGE_BYTES, encode=BASE64, shorthand=st.booleans(), junk=st.sampled_from(
     ["", "!", " ", "====", "data:image/png;base64,"]))
 def test_base64_json_never_breaks_predict(base_url, data, encode, shorthand, junk):

@@ -46,6 +46,7 @@ MAX_FRAMES = 100
 MAX_DEPTH = 32
 MAX_BATCH = 256
 PNG7 = (FIXTURES / "digit7_28.png").read_bytes()
+B64_7 = base64.b64encode(PNG7).decode()
 HOSTILE_DIR = "hostile"  # made inside the session's images_root by the fixture below
 
 
@@ -99,7 +100,7 @@ def by_path(path: str | Callable[[], Any]) -> Send:
     return as_json(lambda: {"instances": [{"path": path() if callable(path) else path}]})
 
 
-def lying_length(length: int = 1 << 30) -> Send:
+def lying_length(length: int | bytes = 1 << 30) -> Send:
     """Headers claiming ``length`` bytes, then nothing: only a header check can answer."""
     def send(url: str) -> Reply:
         parts = urlsplit(url)
@@ -108,7 +109,7 @@ def lying_length(length: int = 1 << 30) -> Send:
         try:
             conn.putrequest("POST", CNN)
             conn.putheader("Content-Type", "image/png")
-            conn.putheader("Content-Length", str(length))
+            conn.putheader("Content-Length", length if isinstance(length, bytes) else str(length))
             conn.endheaders()
             response = conn.getresponse()
             text = response.read().decode()
@@ -299,6 +300,23 @@ def nested(depth: int) -> bytes:
     return b"[" * depth + b"]" * depth
 
 
+def feedback_json(**fields: Any) -> Send:
+    """A feedback body with ``fields`` over a plausible one (None drops a field)."""
+    body = {"request_id": "0" * 32, "label": "7", **fields}
+    return as_json(lambda: {k: v for k, v in body.items() if v is not None}, "/v1/feedback")
+
+
+def feedback_text(field: bytes) -> Send:
+    return json_text(lambda: b'{"request_id": "x", "label": "7", ' + field + b"}", "/v1/feedback")
+
+
+def get_route(route: str) -> Send:
+    def send(url: str) -> Reply:
+        started = time.monotonic()
+        return _reply(requests.get(url + route, timeout=30), started)
+    return send
+
+
 def instances(n: int, item: dict) -> Callable[[], dict]:
     return lambda: {"instances": [item] * n}
 
@@ -421,6 +439,41 @@ CASES = [
                                      "image/gif"), 400, "invalid_image"),
     case("tiff-ifd-past-the-end", raw(lambda: b"II*\0" + struct.pack("<I", 1 << 30),
                                       "image/tiff"), 400, "invalid_image"),
+    # 8. fields: integers past 64 bits or past their meaning, NaN/Infinity, huge strings
+    case("feedback-instance-2**122", feedback_json(instance=2**122), 400, "bad_parameter"),
+    case("feedback-instance-negative", feedback_json(instance=-1), 400, "bad_parameter"),
+    case("feedback-instance-float", feedback_json(instance=1.5), 400, "bad_parameter"),
+    case("feedback-instance-1e400", feedback_text(b'"instance": 1e400'), 400, "bad_parameter"),
+    case("feedback-instance-NaN", feedback_text(b'"instance": NaN'), 400, "invalid_json"),
+    case("feedback-class-2**64", feedback_json(label=None, **{"class": 2**64}), 400,
+         "bad_parameter"),
+    case("feedback-class-true", feedback_json(label=None, **{"class": True}), 400,
+         "bad_parameter"),
+    case("feedback-request-id-1000-chars", feedback_json(request_id="a" * 1000), 400,
+         "bad_parameter"),
+    case("feedback-label-1000-chars", feedback_json(label="7" * 1000), 400, "bad_label"),
+    case("feedback-body-over-4KB", feedback_json(request_id="a" * 5000), 413,
+         "body_too_large"),
+    case("top_k-2**64", as_json(lambda: {"image": B64_7, "top_k": 2**64}), 400,
+         "bad_parameter"),
+    case("top_k-Infinity", json_text(lambda: b'{"image": "x", "top_k": Infinity}'), 400,
+         "invalid_json"),
+    case("top_k-query-30-digits", post(CNN + "?top_k=" + "9" * 30, data=lambda: PNG7,
+                                       headers={"Content-Type": "image/png"}),
+         400, "bad_parameter"),
+    case("top_k-query-superscript-two", post(CNN + "?top_k=%C2%B2", data=lambda: PNG7,
+                                             headers={"Content-Type": "image/png"}),
+         400, "bad_parameter"),
+    case("x-1e400-is-infinite", json_text(
+        lambda: b'{"image": "' + B64_7.encode() + b'", "x": 1e400, "y": 1}'), 400,
+        "bad_parameter"),
+    case("x-NaN", json_text(lambda: b'{"image": "x", "x": NaN, "y": 1}'), 400, "invalid_json"),
+    case("crop-10000-digit-string", as_json(lambda: {"image": B64_7, "crop": "1" * 10_000}),
+         400, "bad_parameter"),
+    case("mnist-index-5000-digits", get_route("/mnist/label/" + "9" * 5000), 404,
+         "index_not_found"),
+    case("content-length-superscript", lying_length(b"\xc2\xb2"), 400, "bad_request"),
+    case("content-length-30-digits", lying_length(b"9" * 30), 413, "body_too_large"),
 ]
 
 
@@ -532,13 +585,19 @@ def test_bombs_answer_fast_and_keep_memory_flat(server):
     for media, data in payloads:  # warm: first-use allocations are not a leak
         requests.post(server + CNN, data=data, headers={"Content-Type": media}, timeout=30)
     start = rss_mb(pid)
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM: from now on, the peak RSS
     for _ in range(3):
         for media, data in payloads:
             started = time.monotonic()
             r = requests.post(server + CNN, data=data, headers={"Content-Type": media}, timeout=30)
-            assert time.monotonic() - started < 1.0, media
+            # Refused from the header, before any pixel (the peak below): the time is only a
+            # ceiling against a hang, as in the table.
+            assert time.monotonic() - started < 10, media
             assert r.status_code == 413 and r.json()["error"]["code"] == "image_too_large"
     assert rss_mb(pid) - start < 50
+    status = Path(f"/proc/{pid}/status").read_text()
+    peak = int(status.split("VmHWM:")[1].split()[0]) / 1024
+    assert peak - start < 50  # not even for a moment: no claimed canvas (>= 10^8 px) was allocated
 
 
 def test_paths_outside_do_not_reveal_whether_they_exist(server):
@@ -551,10 +610,11 @@ def test_paths_outside_do_not_reveal_whether_they_exist(server):
 
 
 def test_a_fifo_is_refused_without_blocking(server):
-    started = time.monotonic()
+    # No writer ever opens this FIFO, so a blocking open would never return: the request's
+    # timeout (a ReadTimeout) is then the failure, however slow the machine.
     r = requests.post(server + CNN, json={"instances": [{"path": hostile("pipe.png")}]},
                       timeout=10)
-    assert r.status_code == 400 and time.monotonic() - started < 2
+    assert r.status_code == 400
 
 
 # The shared server's max_image_bytes equals max_body_bytes, so a raw or base64 image over it

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from model_versions import NAME, build_version, publish_local, publish_s3
-from support import FIXTURES, ServerProcess
+from support import FIXTURES, ServerProcess, wait_for
 
 TOKEN = "t0ps3cret"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -66,13 +66,6 @@ def details(url: str) -> dict:
     return response.json()
 
 
-def wait_for(predicate, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
 def predict_version(url: str) -> int:
     response = requests.post(f"{url}/v1/models/{NAME}/predict", data=IMAGE,
                              headers={"Content-Type": "image/png"}, timeout=10)
@@ -105,10 +98,11 @@ def hot_reload_under_load(url: str, publish_version_2) -> None:
     for thread in threads:
         thread.start()
     try:
-        time.sleep(0.8)
+        wait_for(lambda: all(seen) or failures, interval=0.05)  # each served by version 1
         publish_version_2()
-        wait_for(lambda: details(url)["serving"] == 2)
-        time.sleep(0.8)
+        wait_for(lambda: details(url)["serving"] == 2, interval=0.1)
+        # ... and by version 2 since
+        wait_for(lambda: all(log[-1] == 2 for log in seen) or failures, interval=0.05)
     finally:
         stop.set()
         for thread in threads:
@@ -127,7 +121,8 @@ def rejected_by_poller(url: str, version: int, kind: str, publish) -> None:
     """A bad newer version is rejected; the serving one stays and the failure is shown."""
     serving = details(url)["serving"]
     publish(version, kind)
-    wait_for(lambda: (details(url)["last_reload_failure"] or {}).get("version") == version)
+    wait_for(lambda: (details(url)["last_reload_failure"] or {}).get("version") == version,
+             interval=0.1)
     info = details(url)
     assert info["serving"] == serving and info["state"] == "AVAILABLE"
     assert REASONS[kind] in info["last_reload_failure"]["reason"]

@@ -2,31 +2,23 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import io
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
-import time
 
 import requests
 from PIL import Image
 
 from service.models import datasets
-from support import FIXTURES, REPO, ServerProcess, free_port
+from support import FIXTURES, REPO, ServerProcess, free_port, listening, read_by_server, wait_for
 
 PNG7 = (FIXTURES / "digit7_28.png").read_bytes()
 ONLY_CNN = '[service]\nmodels = ["digits-cnn"]\n'
-
-
-def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
 
 
 def answers(url: str) -> bool:
@@ -48,7 +40,8 @@ def test_daemon_round_trip(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=60)
     assert launcher.returncode == 0, launcher.stderr  # the launcher returns once detached
     try:
-        assert wait_for(lambda: answers(url), 90), (tmp_path / "error.log").read_text()
+        wait_for(lambda: answers(url), 90, interval=0.2,
+                 what=lambda: (tmp_path / "error.log").read_text())
         pid = int(pidfile.read_text())
         assert os.getsid(pid) != os.getsid(0)  # detached into its own session
         r = requests.post(url + "/v1/models/digits-cnn/predict", data=PNG7,
@@ -57,7 +50,7 @@ def test_daemon_round_trip(tmp_path):
     finally:
         if pidfile.exists():
             os.kill(int(pidfile.read_text()), signal.SIGTERM)
-    assert wait_for(lambda: not pidfile.exists(), 30)
+    wait_for(lambda: not pidfile.exists(), 30, interval=0.2)
     assert not answers(url)
     assert "loaded in" in (tmp_path / "error.log").read_text()
 
@@ -74,23 +67,39 @@ def batch_body(count: int = 256) -> dict:
 
 def test_sigterm_finishes_requests_in_flight(tmp_path):
     server = ServerProcess(tmp_path, ONLY_CNN).start()
-    body = batch_body()
+    body = json.dumps(batch_body()).encode()
     statuses: list[int] = []
-    started = threading.Barrier(9)
+    ports: list[int] = []
+    stopping = threading.Event()
 
     def client() -> None:
-        session = requests.Session()
-        session.get(server.url + "/healthz")  # connection open before the signal
-        started.wait()
-        r = session.post(server.url + "/v1/models/digits-cnn/predict", json=body, timeout=60)
-        statuses.append(r.status_code if len(r.json()["predictions"]) == 256 else -1)
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        try:
+            conn.request("GET", "/healthz")  # connection open before the signal
+            conn.getresponse().read()
+            conn.putrequest("POST", "/v1/models/digits-cnn/predict")
+            conn.putheader("Content-Type", "application/json")
+            conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders()
+            conn.send(body[:-1])  # in flight, by construction, until its last byte comes
+            ports.append(conn.sock.getsockname()[1])
+            stopping.wait(60)
+            conn.send(body[-1:])
+            r = conn.getresponse()
+            answer = json.loads(r.read())
+            statuses.append(r.status if len(answer.get("predictions", [])) == 256 else -1)
+        finally:
+            conn.close()
 
     threads = [threading.Thread(target=client) for _ in range(8)]
     for t in threads:
         t.start()
-    started.wait()
-    time.sleep(0.15)  # requests are being read and run
+    # Every request has been read up to its last byte: each holds a worker, none can finish.
+    wait_for(lambda: len(ports) == 8 and all(read_by_server(server.port, p) for p in ports), 60)
     server.proc.send_signal(signal.SIGTERM)
+    # The server is stopping (it has closed its listening socket) with all eight in flight.
+    wait_for(lambda: not listening(server.port), 30)
+    stopping.set()
     for t in threads:
         t.join(60)
     code = server.proc.wait(30)
@@ -121,10 +130,12 @@ def test_a_failed_model_degrades_but_others_serve(tmp_path):
 
 
 def test_full_queue_is_503_with_retry_after(tmp_path):
-    # One submission may wait; each request's 64 images run one by one (max_batch_size 1).
-    config = ONLY_CNN + "[model:digits-cnn]\nqueue_size = 1\nmax_batch_size = 1\n"
+    # Each session.run takes 3 s by construction: of 8 one-image requests sent within those
+    # seconds, at most 3 are held (one running, one carried, one in the queue of size 1).
+    config = ONLY_CNN + ("[model:digits-cnn]\nqueue_size = 1\nmax_batch_size = 1\n"
+                         "inject_run_delay_s = 3.0\nworker_timeout_s = 60.0\n")
     server = ServerProcess(tmp_path, config).start()
-    body = {"instances": batch_body(64)["instances"]}
+    body = batch_body(1)
     responses: list[requests.Response] = []
     try:
         threads = [threading.Thread(target=lambda: responses.append(requests.post(
@@ -136,17 +147,19 @@ def test_full_queue_is_503_with_retry_after(tmp_path):
     finally:
         server.stop()
     statuses = sorted(r.status_code for r in responses)
-    assert 200 in statuses and 503 in statuses, statuses
+    assert statuses.count(503) >= 5 and 200 in statuses, statuses
     overloaded = next(r for r in responses if r.status_code == 503)
     assert overloaded.json()["error"]["code"] == "overloaded"
     assert int(overloaded.headers["Retry-After"]) >= 1
 
 
 def test_past_the_deadline_is_504(tmp_path):
-    config = ONLY_CNN.replace("[service]\n", "[service]\nrequest_timeout_s = 0.001\n")
+    # The run takes 3 s by construction; the deadline is a tenth of that.
+    config = ONLY_CNN.replace("[service]\n", "[service]\nrequest_timeout_s = 0.3\n") + (
+        "[model:digits-cnn]\ninject_run_delay_s = 3.0\nworker_timeout_s = 60.0\n")
     server = ServerProcess(tmp_path, config).start()
     try:
-        r = requests.post(server.url + "/v1/models/digits-cnn/predict", json=batch_body(256))
+        r = requests.post(server.url + "/v1/models/digits-cnn/predict", json=batch_body(1))
     finally:
         server.stop()
     assert r.status_code == 504 and r.json()["error"]["code"] == "deadline_exceeded"
