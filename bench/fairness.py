@@ -30,7 +30,7 @@ sys.path.insert(0, str(BENCH_DIR.parent))
 
 from bench import run as bench  # noqa: E402  (the main benchmark's server and machine helpers)
 from bench import sections  # noqa: E402
-from service.api_keys import KeyLimits, add_key  # noqa: E402
+from service.access.keys import add_key  # noqa: E402
 
 PNG = (bench.REPO / "tests" / "fixtures" / "digit7_28.png")
 TARGET_RATIO = 3.0
@@ -146,7 +146,7 @@ class Flood:
 def measure(args: argparse.Namespace, workdir: Path) -> dict:
     keys_file = workdir / "keys.json"
     victim = add_key(keys_file, "victim")[1]
-    flooder = add_key(keys_file, "flooder", limits=KeyLimits(requests_per_s=args.flood_rps))[1]
+    flooder = add_key(keys_file, "flooder", limits={"requests_per_s": args.flood_rps})[1]
     unlimited = add_key(keys_file, "unlimited")[1]
     graph = bench.load_graph_info(bench.REPO / "graphs", None)
     server = bench.BenchServer(graph, workdir)

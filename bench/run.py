@@ -274,7 +274,7 @@ class GraphInfo:
 def load_graph_info(graphs_dir: Path, version: int | None) -> GraphInfo:
     from service.models import store
     from service.models.manifest import GRAPH_FILE, read_manifest
-    from service.models.registry import resolve_version
+    from service.models.loader import resolve_version
 
     version = resolve_version(graphs_dir, MODEL, version)
     directory = store.version_dir(graphs_dir, MODEL, version)
@@ -308,8 +308,8 @@ def measure_raw_session(graph: GraphInfo, seconds: float,
     """Images/s of plain ``session.run`` on this thread, one batch size after another."""
     import tensorflow as tf
 
+    from service.config import PoolSettings
     from service.models.graph import import_graph, parse_graph_def
-    from service.models.session_pool import PoolSettings
 
     defaults = PoolSettings()
     threads = defaults.threads_per_session()
@@ -351,7 +351,7 @@ BATCHING_OFF = "batching off (max_batch_size 1)"
 
 def pool_configs() -> dict[str, dict[str, Any]]:
     """label -> PoolSettings keyword arguments; the pool's own default timeout too, if different."""
-    from service.models.session_pool import PoolSettings
+    from service.config import PoolSettings
 
     configs: dict[str, dict[str, Any]] = {
         "batching on, timeout 0 ms": {"max_batch_size": 256, "batch_timeout_ms": 0.0},
@@ -371,8 +371,8 @@ POOL_WINDOWS = 5
 def measure_pool(graph: GraphInfo, label: str, options: dict[str, Any], warmup: float,
                  seconds: float) -> dict[str, Any]:
     """``CLIENTS`` threads each loop ``pool.run(one image)``; count completions for ``seconds``."""
-    from service.models.registry import ModelConfig, load_version
-    from service.models.session_pool import PoolSettings
+    from service.config import ModelConfig, PoolSettings
+    from service.models.loader import load_version
 
     settings = PoolSettings(**options)
     model = load_version(graph.graphs_dir, ModelConfig(MODEL, version=graph.version, pool=settings))

@@ -64,7 +64,7 @@ LOOPBACK = "127.0.0.1"  # the only address this tool starts a server on
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")  # ... or talks to (--url)
 MODEL = "digits-cnn"
 PREDICT = f"/v1/models/{MODEL}/predict"
-DB_NAME = "inputlog.sqlite3"   # service/inputlog_db.py DB_NAME
+DB_NAME = "inputlog.sqlite3"   # service/inputlog/records.py DB_NAME
 TMP_GLOB = ".*.tmp"            # service/blobstore.py LocalBlobStore temp files
 # Fixtures every model reads as a digit (blank.png, truncated.png, not_an_image.txt are not).
 VALID_IMAGES = ("digit7_28.png", "digit7_112.jpg", "digit2_112.gif", "digit7_112.bmp",
@@ -569,7 +569,8 @@ def probe_after_restart(url: str) -> bool:
     if predicted.status_code != 200:
         return False
     body = {"request_id": predicted.json()["request_id"], "label": "7"}
-    # feedback waits for the writer (inputlog FEEDBACK_WAIT_S), so a 200 means it was written
+    # feedback waits for the writer (service/inputlog/writer.py FLUSH_WAIT_S), so a 200
+    # means it was written
     return requests.post(url + "/v1/feedback", json=body,
                          timeout=REQUEST_TIMEOUT_S).status_code == 200
 

@@ -10,6 +10,7 @@ from .errors import ServiceError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "conf" / "service.conf"
+Subcommands = argparse._SubParsersAction  # what add_subparsers() returns
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,54 +35,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service",
                                      description="Handwritten digit recognition service.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_serve_parser, _add_train_parser, _add_evaluate_parser, _add_export_parser,
+                _add_keys_parser, _add_publish_parser):  # in the order --help lists them
+        add(commands)
+    return parser
 
+
+def _config_option(parser: argparse.ArgumentParser, purpose: str) -> None:
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help=purpose)
+
+
+def _graphs_dir_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--graphs-dir", type=Path, default=REPO_ROOT / "graphs")
+
+
+def _add_serve_parser(commands: Subcommands) -> None:
     serve = commands.add_parser("serve", help="run the HTTP service")
-    serve.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="CherryPy-format config")
+    _config_option(serve, "CherryPy-format config")
     serve.add_argument("--host", help="override server.socket_host")
     serve.add_argument("--port", type=int, help="override server.socket_port")
     serve.add_argument("--daemon", action="store_true", help="detach into the background")
     serve.add_argument("--pidfile", type=Path, help="write the process id here")
     serve.set_defaults(handler=_serve)
-
-    train = commands.add_parser("train", help="train an architecture and export a new version")
-    train.add_argument("--model", required=True, help="architecture name, e.g. digits-cnn")
-    train.add_argument("--epochs", type=int, help="default: the architecture's own")
-    train.add_argument("--batch-size", type=int, help="default: the architecture's own")
-    train.add_argument("--limit", type=int, help="train on the first N training images only")
-    train.add_argument("--seed", type=int, default=1234)
-    train.add_argument("--graphs-dir", type=Path, default=REPO_ROOT / "graphs")
-    train.add_argument("--extra-data", type=Path, metavar="DIR",
-                       help="also train on the IDX dataset in DIR (from `export`)")
-    train.set_defaults(handler=_train)
-
-    evaluate = commands.add_parser("evaluate", help="score a frozen version on the MNIST test set")
-    evaluate.add_argument("--model", required=True)
-    evaluate.add_argument("--version", type=int, help="default: the newest")
-    evaluate.add_argument("--graphs-dir", type=Path, default=REPO_ROOT / "graphs")
-    evaluate.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
-                          help="for the QA gate's accuracy floor")
-    evaluate.set_defaults(handler=_evaluate)
-    _add_export_parser(commands)
-    _add_keys_parser(commands)
-
-    publish = commands.add_parser(
-        "publish", help="upload a version to an S3-compatible bucket (manifest last)",
-        description="Verify a version's model.pb against its manifest, then upload model.pb, "
-                    "confusion.png (if present) and manifest.json -- last, so a polling server "
-                    "never sees a manifest without its graph. Endpoint and credentials come "
-                    "from the config's [s3] section, else AWS_ENDPOINT_URL, "
-                    "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the rest of boto3's chain.")
-    publish.add_argument("--model", required=True, help="model name, e.g. digits-cnn")
-    publish.add_argument("--version", type=int, help="default: the newest under --graphs-dir")
-    publish.add_argument("--to", required=True, metavar="s3://BUCKET/PREFIX",
-                         help="the bucket and prefix a server's [store] reads from")
-    publish.add_argument("--graphs-dir", type=Path, default=REPO_ROOT / "graphs")
-    publish.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
-                         help="for its [s3] section (endpoint, region, credentials)")
-    publish.add_argument("--force", action="store_true",
-                         help="overwrite a version already in the bucket")
-    publish.set_defaults(handler=_publish)
-    return parser
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -89,6 +64,19 @@ def _serve(args: argparse.Namespace) -> int:
 
     return serve(config_path(args.config), host=args.host, port=args.port, daemon=args.daemon,
                  pidfile=args.pidfile)
+
+
+def _add_train_parser(commands: Subcommands) -> None:
+    train = commands.add_parser("train", help="train an architecture and export a new version")
+    train.add_argument("--model", required=True, help="architecture name, e.g. digits-cnn")
+    train.add_argument("--epochs", type=int, help="default: the architecture's own")
+    train.add_argument("--batch-size", type=int, help="default: the architecture's own")
+    train.add_argument("--limit", type=int, help="train on the first N training images only")
+    train.add_argument("--seed", type=int, default=1234)
+    _graphs_dir_option(train)
+    train.add_argument("--extra-data", type=Path, metavar="DIR",
+                       help="also train on the IDX dataset in DIR (from `export`)")
+    train.set_defaults(handler=_train)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -112,35 +100,25 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_evaluate_parser(commands: Subcommands) -> None:
+    evaluate = commands.add_parser("evaluate", help="score a frozen version on the MNIST test set")
+    evaluate.add_argument("--model", required=True)
+    evaluate.add_argument("--version", type=int, help="default: the newest")
+    _graphs_dir_option(evaluate)
+    _config_option(evaluate, "for the QA gate's accuracy floor")
+    evaluate.set_defaults(handler=_evaluate)
+
+
 def _evaluate(args: argparse.Namespace) -> int:
-    from .config import load_settings
+    from .config import ModelConfig, load_settings
     from .models.evaluate_cli import run_evaluation
-    from .models.registry import ModelConfig
 
     settings = load_settings(config_path(args.config))
     config = next((m for m in settings.models if m.name == args.model), ModelConfig(args.model))
     return run_evaluation(args.model, args.version, args.graphs_dir, config)
 
 
-def _publish(args: argparse.Namespace) -> int:
-    from .blobstore import make_s3_client
-    from .config import load_settings
-    from .models import store
-    from .models.publish import parse_s3_url, publish
-    from .models.registry import resolve_version
-
-    location = parse_s3_url(args.to)
-    settings = load_settings(config_path(args.config))
-    version = resolve_version(args.graphs_dir, args.model, args.version)
-    directory = store.version_dir(args.graphs_dir, args.model, version)
-    print(f"publishing {args.model} version {version} from {directory} to {args.to}", flush=True)
-    keys = publish(make_s3_client(settings.s3), directory, args.model, version, location,
-                   force=args.force, say=lambda line: print(line, flush=True))
-    print(f"published {len(keys)} files; manifest last")
-    return 0
-
-
-def _add_export_parser(commands) -> None:
+def _add_export_parser(commands: Subcommands) -> None:
     export = commands.add_parser(
         "export", help="write the input log as an MNIST-format IDX dataset",
         description="Preprocess every logged image as its model saw it (28x28 uint8) and write "
@@ -155,8 +133,7 @@ def _add_export_parser(commands) -> None:
                        help="only images with feedback (the default)")
     which.add_argument("--include-unlabelled", action="store_true",
                        help="also images without feedback, labelled with the prediction")
-    export.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
-                        help="for [inputlog] (directory, image backend), [s3] and graphs_dir")
+    _config_option(export, "for [inputlog] (directory, image backend), [s3] and graphs_dir")
     export.add_argument("--inputlog-dir", type=Path, metavar="DIR",
                         help="read this input log (local images) instead of the config's")
     export.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -168,8 +145,8 @@ def _export(args: argparse.Namespace) -> int:
 
     from .blobstore import LocalBlobStore
     from .config import load_settings
-    from .export import ExportOptions, export
-    from .inputlog import make_store
+    from .inputlog.export import ExportOptions, export
+    from .inputlog.images import make_store
 
     settings = load_settings(config_path(args.config))
     if args.inputlog_dir:
@@ -191,14 +168,13 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_keys_parser(commands) -> None:
+def _add_keys_parser(commands: Subcommands) -> None:
     keys = commands.add_parser(
         "keys", help="manage API keys (add, list, revoke)",
         description="API keys live in the file named by the config's [auth] keys_file, as "
                     "salted hashes: a new key is printed once and cannot be shown again. A "
                     "running server picks up changes within a second.")
-    keys.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
-                      help="for [auth] keys_file")
+    _config_option(keys, "for [auth] keys_file")
     keys.add_argument("--file", type=Path, help="the key file (default: [auth] keys_file)")
     actions = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
     add = actions.add_parser("add", help="create a key and print it once")
@@ -222,7 +198,7 @@ def _shown(path: Path) -> str:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from . import api_keys
+    from .access.keys import LIMIT_FIELDS, add_key, read_keys, revoke_key
     from .config import load_settings
 
     path = args.file or load_settings(config_path(args.config)).auth.keys_file
@@ -231,20 +207,57 @@ def _keys(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     if args.action == "add":
-        limits = api_keys.KeyLimits(**{f: getattr(args, f) for f in api_keys.LIMIT_FIELDS})
-        record, key = api_keys.add_key(path, args.name, args.admin, limits)
+        limits = {f: getattr(args, f) for f in LIMIT_FIELDS}
+        record, key = add_key(path, args.name, args.admin, limits)
         kind = "admin key" if record.admin else "key"
         print(f"created {kind} {record.id} for {record.name} in {_shown(path)}.\n"
               "Store it now; it is not kept and cannot be shown again:\n" + key)
     elif args.action == "list":
-        for record in api_keys.read_keys(path).values():
+        for record in read_keys(path).values():
             state = f"revoked {record.revoked}" if record.revoked else "live"
             limits = " ".join(f"{k}={v:g}" for k, v in record.public()["limits"].items())
             print(f"{record.id}  {record.name:<20} {'admin' if record.admin else 'user ':<5}  "
                   f"created {record.created}  {state}" + (f"  {limits}" if limits else ""))
     else:
-        for record in api_keys.revoke_key(path, args.which):
+        for record in revoke_key(path, args.which):
             print(f"revoked {record.id} ({record.name})")
+    return 0
+
+
+def _add_publish_parser(commands: Subcommands) -> None:
+    publish = commands.add_parser(
+        "publish", help="upload a version to an S3-compatible bucket (manifest last)",
+        description="Verify a version's model.pb against its manifest, then upload model.pb, "
+                    "confusion.png (if present) and manifest.json -- last, so a polling server "
+                    "never sees a manifest without its graph. Endpoint and credentials come "
+                    "from the config's [s3] section, else AWS_ENDPOINT_URL, "
+                    "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the rest of boto3's chain.")
+    publish.add_argument("--model", required=True, help="model name, e.g. digits-cnn")
+    publish.add_argument("--version", type=int, help="default: the newest under --graphs-dir")
+    publish.add_argument("--to", required=True, metavar="s3://BUCKET/PREFIX",
+                         help="the bucket and prefix a server's [store] reads from")
+    _graphs_dir_option(publish)
+    _config_option(publish, "for its [s3] section (endpoint, region, credentials)")
+    publish.add_argument("--force", action="store_true",
+                         help="overwrite a version already in the bucket")
+    publish.set_defaults(handler=_publish)
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from .blobstore import make_s3_client
+    from .config import load_settings
+    from .models import store
+    from .models.loader import resolve_version
+    from .models.publish import parse_s3_url, publish
+
+    location = parse_s3_url(args.to)
+    settings = load_settings(config_path(args.config))
+    version = resolve_version(args.graphs_dir, args.model, args.version)
+    directory = store.version_dir(args.graphs_dir, args.model, version)
+    print(f"publishing {args.model} version {version} from {directory} to {args.to}", flush=True)
+    keys = publish(make_s3_client(settings.s3), directory, args.model, version, location,
+                   force=args.force, say=lambda line: print(line, flush=True))
+    print(f"published {len(keys)} files; manifest last")
     return 0
 
 

@@ -10,16 +10,63 @@ from __future__ import annotations
 import ast
 import configparser
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .models.registry import ModelConfig
-from .models.session_pool import PoolSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_PREFIX = "model:"
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """One model's session pool: its sessions, batching, queue and supervision."""
+
+    pool_size: int = 1              # sessions, one worker thread each
+    max_batch_size: int = 256       # rows per session.run
+    # The longest a worker waits for more work to fill a batch, and only while fewer
+    # submissions have arrived than joined its previous batch (a lone caller never waits).
+    # 0: never wait; batches still hold whatever queued while the previous one ran.
+    batch_timeout_ms: float = 1.0
+    queue_size: int = 1024          # pending submissions before Overloaded
+    intra_op_threads: int = 0       # 0: cores // pool_size, so sessions x threads <= cores
+    inter_op_threads: int = 1
+    # A session.run taking longer than this is deemed wedged: its worker is replaced.
+    worker_timeout_s: float = 30.0
+    # Fault injection, for tests and drills only: each session.run first sleeps this long,
+    # so "inference is slow" (a full queue, a missed deadline) happens by construction.
+    inject_run_delay_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        for key in ("pool_size", "max_batch_size", "queue_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.batch_timeout_ms < 0:
+            raise ValueError(f"batch_timeout_ms must be >= 0, got {self.batch_timeout_ms}")
+        if not self.worker_timeout_s > 0:
+            raise ValueError(f"worker_timeout_s must be > 0, got {self.worker_timeout_s}")
+        if self.inject_run_delay_s < 0:
+            raise ValueError(f"inject_run_delay_s must be >= 0, got {self.inject_run_delay_s}")
+
+    def threads_per_session(self) -> int:
+        return self.intra_op_threads or max(1, (os.cpu_count() or 1) // self.pool_size)
+
+    def check_interval(self) -> float:
+        """Seconds between supervisor checks: a wedge is seen within timeout + this."""
+        return min(1.0, self.worker_timeout_s / 4)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """How one model is served (``[model:<name>]``): which version, the QA floor, its pool."""
+
+    name: str
+    version: int | None = None  # None: serve and follow the newest in the store; N: pin N
+    min_accuracy: float = 0.0
+    pool: PoolSettings = field(default_factory=PoolSettings)
 
 
 @dataclass(frozen=True)
@@ -93,17 +140,23 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
-class RateLimitSettings:
-    """Token buckets per API key (per client address without keys); 0 turns a limit off.
-
-    A key's own limits in the key file override these.
-    """
+class RateLimits:
+    """One client's token buckets and in-flight cap; 0 turns a limit off."""
 
     requests_per_s: float = 0.0
     requests_burst: float = 0.0          # bucket size; 0: max(1, requests_per_s)
     images_per_s: float = 0.0
     images_burst: float = 0.0            # bucket size; 0: max(max_batch_size, images_per_s)
     max_in_flight: int = 0               # concurrent requests per key or client; 0: no limit
+
+
+@dataclass(frozen=True)
+class RateLimitSettings(RateLimits):
+    """``[ratelimit]``: the limits of each API key (each client address without keys).
+
+    A key's own limits in the key file override these.
+    """
+
     # A refused request waits this long before its 429 (at most tarpit_slots at once): a
     # flooding client then costs a sleeping thread, not the CPU everyone else needs.
     tarpit_s: float = 0.5

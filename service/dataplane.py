@@ -15,7 +15,8 @@ import numpy as np
 from .errors import DeadlineExceeded, InvalidInput, PayloadTooLarge
 from .models import preprocess
 from .models.preprocess import PreprocessSpec
-from .models.registry import ModelRegistry, ServedModel
+from .models.loader import ServedModel
+from .models.registry import ModelRegistry
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,51 @@
 """Every error the service can report: a short code, a human message and an HTTP status.
 
-This module is the one place where an error kind is tied to its status; the web layer
-only reads ``status``/``code``/``message`` (and ``headers``) off the exception.
+This module is the one place where an error kind is tied to its status, and where every
+code a client can be answered with is declared (``CODES``); the web layer only reads
+``status``/``code``/``message`` (and ``headers``) off the exception, and the OpenAPI
+document lists the codes from here.
 """
 from __future__ import annotations
+
+# Every code a client can get, by HTTP status (tests/test_errors.py checks each code raised
+# in service/ is here, under its exception's status).
+CODES: dict[int, tuple[str, ...]] = {
+    400: ("invalid_json", "json_too_deep", "missing_image", "bad_instance", "bad_base64",
+          "invalid_image", "blank_image", "bad_parameter", "invalid_input", "bad_request",
+          "bad_path", "not_a_file", "bad_label"),
+    401: ("unauthorized", "invalid_api_key"),
+    403: ("remote_path_disabled", "path_forbidden", "forbidden", "admin_disabled",
+          "admin_required", "feedback_forbidden"),
+    404: ("not_found", "model_not_found", "index_not_found", "image_not_found",
+          "request_not_found", "feedback_disabled"),
+    405: ("method_not_allowed",),
+    408: ("request_timeout", "slow_client"),
+    409: ("conflict", "reload_failed"),
+    411: ("length_required",),
+    413: ("body_too_large", "image_too_large", "batch_too_large", "image_bytes_too_large",
+          "too_many_frames", "too_many_blocks", "payload_too_large"),
+    414: ("uri_too_long",),
+    415: ("unsupported_media_type", "unsupported_image_format"),
+    429: ("rate_limited",),
+    500: ("internal_error",),
+    501: ("not_implemented",),
+    503: ("model_unavailable", "overloaded", "not_ready", "unavailable", "too_many_in_flight",
+          "worker_restarted", "feedback_pending", "labels_unavailable", "inputlog_unavailable"),
+    504: ("deadline_exceeded",),
+    505: ("http_version_not_supported",),
+}
+# What the HTTP layer's own refusals (CherryPy's and cheroot's) are called, by status.
+HTTP_CODES: dict[int, str] = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 408: "request_timeout", 411: "length_required",
+    413: "body_too_large", 414: "uri_too_long", 415: "unsupported_media_type",
+    500: "internal_error", 501: "not_implemented", 503: "unavailable",
+    505: "http_version_not_supported",
+}
+
+
+def http_code(status: int) -> str:
+    return HTTP_CODES.get(status, f"http_{status}")
 
 
 class ServiceError(Exception):

@@ -11,8 +11,8 @@ Two kinds of numbers live here:
 
 Each app gets its own ``CollectorRegistry`` (``ServiceMetrics``), so several apps or tests
 in one process never collide. Model loads happen below the web layer, once per process, so
-they are counted in the process-wide ``LIFECYCLE`` registry through ``model_loaded`` and
-re-exported by every app's registry.
+they are counted in the process-wide ``LIFECYCLE`` registry by ``model_loaded`` (the app
+subscribes it to the model registry's load hook) and re-exported by every app's registry.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def model_loaded(name: str, version: int | None, seconds: float, ok: bool,
                  kind: str = "load") -> None:
     """Count one load (``kind="load"``) or hot reload (``kind="reload"``) of a model.
 
-    Called by the model registry; ``version`` is None when the version could not be resolved.
+    Subscribed by the app to the model registry's load hook (``ModelRegistry.on_load``).
     """
     _MODEL_LOADS.labels(name, kind, "ok" if ok else "failed").inc()
     _MODEL_LOAD_SECONDS.labels(name, kind).observe(max(0.0, seconds))

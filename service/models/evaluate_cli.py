@@ -6,8 +6,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..config import ModelConfig
 from . import datasets, evaluation
-from .registry import ModelConfig, load_version
+from .loader import load_version
 from .training import to_input_shape
 
 

@@ -1,8 +1,10 @@
-"""The served models by name: load each version once, verify it, gate it, warm it, serve it.
+"""The served models by name: serve each one's current version, lease it to requests, swap in
+new versions, poll the store for them.
 
-Versions come from a ``ModelStore`` (local ``graphs/`` or an S3 bucket). A new version is
-loaded into its own session pool beside the serving one and swapped in only once it is
-verified, warmed and through the QA gate; the old one drains its leases, then stops.
+Versions come from a ``ModelStore`` (local ``graphs/`` or an S3 bucket) through ``loader``. A
+new version is loaded into its own session pool beside the serving one and swapped in only
+once it is verified, warmed and through the QA gate; the old one drains its leases, then
+stops. Whoever wants to hear of loads (metrics) subscribes with ``on_load``.
 """
 from __future__ import annotations
 
@@ -11,97 +13,31 @@ import dataclasses
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Protocol
 
-import numpy as np
-
-from .. import metrics
+from ..config import REPO_ROOT, ModelConfig
 from ..errors import ModelLoadError, NotFound, ReloadFailed, Unavailable
-from . import graph
-from .store import LocalStore, ModelStore
-from .manifest import GRAPH_FILE, Manifest, read_labels, read_manifest, sha256_bytes
-from .session_pool import PoolSettings, RunTiming, SessionPool
+from .loader import ServedModel, load_version, resolve_version
+from .store import ModelStore, as_store
 
 log = logging.getLogger("service.models")
-REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class LoadHook(Protocol):
+    """Told of every load attempt, at start-up or on reload, and whether it succeeded;
+    ``kind`` is "load" while the model serves nothing yet, else "reload"."""
+
+    def __call__(self, name: str, version: int, seconds: float, ok: bool, kind: str) -> None: ...
 
 
 class ModelState(str, Enum):
     LOADING = "LOADING"
     AVAILABLE = "AVAILABLE"
     FAILED = "FAILED"
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """How one model is served: which version, the QA floor, and its session pool."""
-
-    name: str
-    version: int | None = None  # None: serve and follow the newest in the store; N: pin N
-    min_accuracy: float = 0.0
-    pool: PoolSettings = field(default_factory=PoolSettings)
-
-
-class ServedModel:
-    """One loaded, verified and warmed version, with its own session pool."""
-
-    def __init__(self, manifest: Manifest, labels: list[str], layers: list[dict[str, Any]],
-                 pool: SessionPool, load_seconds: float):
-        self.manifest = manifest
-        self.labels = labels
-        self.layers = layers
-        self.pool = pool
-        self.load_seconds = load_seconds
-        self.input_shape = tuple(manifest.input.shape[1:])
-        self._leases = 0
-        self._idle = threading.Condition()
-
-    def acquire(self) -> None:
-        """Hold the model open while a request uses it; ``retire`` waits for every holder."""
-        with self._idle:
-            self._leases += 1
-
-    def release(self) -> None:
-        with self._idle:
-            self._leases -= 1
-            if not self._leases:
-                self._idle.notify_all()
-
-    @contextlib.contextmanager
-    def lease(self):
-        self.acquire()
-        try:
-            yield self
-        finally:
-            self.release()
-
-    def retire(self, timeout: float = 60.0) -> None:
-        """Close once no request holds a lease (a swapped-out version drains, then stops)."""
-        with self._idle:
-            self._idle.wait_for(lambda: self._leases == 0, timeout)
-        self.close()
-
-    @property
-    def name(self) -> str:
-        return self.manifest.name
-
-    @property
-    def version(self) -> int:
-        return self.manifest.version
-
-    def submit(self, images: np.ndarray, deadline: float | None = None):
-        """Queue preprocessed images (N, H, W[, C]); the future yields (probabilities, timing)."""
-        return self.pool.submit(images.reshape((len(images), *self.input_shape)), deadline)
-
-    def predict(self, images: np.ndarray, timeout: float | None = None) -> tuple[np.ndarray, RunTiming]:
-        return self.pool.run(images.reshape((len(images), *self.input_shape)), timeout)
-
-    def close(self) -> None:
-        self.pool.stop()
 
 
 @dataclass(frozen=True)
@@ -135,97 +71,6 @@ class ModelStatus:
         return "latest" if self.pinned is None else "pinned"
 
 
-def as_store(source: Path | str | ModelStore) -> ModelStore:
-    """A ``graphs_dir`` path is shorthand for the local store over it."""
-    return LocalStore(Path(source)) if isinstance(source, (str, Path)) else source
-
-
-def resolve_version(source: Path | ModelStore, name: str, pinned: int | None) -> int:
-    model_store = as_store(source)
-    versions = model_store.list_versions(name)
-    if pinned is not None:
-        if pinned not in versions:
-            raise ModelLoadError(f"{name}: pinned version {pinned} is not in "
-                                 f"{model_store.describe(name)} (have: {versions or 'none'})")
-        return pinned
-    if not versions:
-        raise ModelLoadError(f"{name}: no versions under {model_store.describe(name)}")
-    return versions[-1]
-
-
-def load_version(source: Path | ModelStore, config: ModelConfig, labels_root: Path = REPO_ROOT,
-                 version: int | None = None) -> ServedModel:
-    """Fetch, read, checksum, gate, import, start and warm one version (default: the one
-    ``config`` pins, else the newest); ModelLoadError says why not."""
-    started = time.monotonic()
-    model_store = as_store(source)
-    if version is None:
-        version = resolve_version(model_store, config.name, config.version)
-    directory = model_store.fetch(config.name, version)
-    manifest = _read_manifest(directory)
-    if (manifest.name, manifest.version) != (config.name, version):
-        raise ModelLoadError(f"{directory}: the manifest describes {manifest.name} version "
-                             f"{manifest.version}, not {config.name} version {version}")
-    check_quality_gate(manifest, config.min_accuracy)
-    graph_bytes = _read_verified_graph(directory / GRAPH_FILE, manifest)
-    labels, layers = _inspect(graph_bytes, manifest, labels_root)
-    pool = SessionPool(graph_bytes, manifest.input.name, manifest.output_name, config.pool,
-                       name=f"{manifest.name}-v{manifest.version}")
-    try:
-        pool.start()
-        warm = np.zeros((1, *manifest.input.shape[1:]), dtype=np.float32)
-        outputs, _ = pool.run(warm, timeout=60)
-    except Exception as exc:
-        pool.stop()
-        raise ModelLoadError(f"{directory}: failed to start or warm: {exc}") from exc
-    if outputs.shape != (1, len(labels)):
-        pool.stop()
-        raise ModelLoadError(f"{directory}: output shape {outputs.shape} does not match "
-                             f"{len(labels)} labels")
-    return ServedModel(manifest, labels, layers, pool, time.monotonic() - started)
-
-
-def check_quality_gate(manifest: Manifest, floor: float) -> None:
-    if manifest.accuracy < floor:
-        raise ModelLoadError(
-            f"{manifest.name} version {manifest.version} refused by the QA gate: its test "
-            f"accuracy {manifest.accuracy:.2%} is below the floor {floor:.2%}", "quality_gate")
-
-
-def _read_manifest(directory: Path) -> Manifest:
-    try:
-        return read_manifest(directory)
-    except ValueError as exc:
-        raise ModelLoadError(str(exc)) from None
-
-
-def _read_verified_graph(path: Path, manifest: Manifest) -> bytes:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelLoadError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    digest = sha256_bytes(data)
-    if digest != manifest.sha256:
-        raise ModelLoadError(f"{path}: sha256 {digest[:12]}… does not match the manifest's "
-                             f"{manifest.sha256[:12]}… (corrupt or replaced file)")
-    return data
-
-
-def _inspect(graph_bytes: bytes, manifest: Manifest, labels_root: Path):
-    """Parse the graph once on this thread to check its tensors and list its layers."""
-    try:
-        tf_graph = graph.import_graph(graph.parse_graph_def(graph_bytes))
-        for tensor in (manifest.input.name, manifest.output_name):
-            tf_graph.get_tensor_by_name(tensor)
-    except (ValueError, KeyError) as exc:
-        raise ModelLoadError(f"{manifest.name} version {manifest.version}: bad graph: {exc}") from None
-    try:
-        labels = read_labels(labels_root / manifest.labels_file)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{manifest.name}: labels: {exc}") from None
-    return labels, graph.list_layers(tf_graph)
-
-
 class ModelRegistry:
     """All configured models. A model that fails to load is FAILED; the others still serve.
 
@@ -249,6 +94,11 @@ class ModelRegistry:
         self._stopping = threading.Event()
         self._poller: threading.Thread | None = None
         self._retiring: list[threading.Thread] = []
+        self._load_hooks: list[LoadHook] = []
+
+    def on_load(self, hook: LoadHook) -> None:
+        """Call ``hook`` after every load attempt from now on."""
+        self._load_hooks.append(hook)
 
     def start(self) -> None:
         """Load every configured model; returns when each is AVAILABLE or FAILED."""
@@ -298,13 +148,15 @@ class ModelRegistry:
         try:
             model = load_version(self.store, config, self.labels_root, version)
         except ModelLoadError as exc:
-            metrics.model_loaded(config.name, version, time.monotonic() - started, False, kind)
+            for hook in self._load_hooks:
+                hook(config.name, version, time.monotonic() - started, False, kind)
             log.error("model %s version %s rejected: %s", config.name, version, exc.message,
                       extra={"event": "model_load_failed", "model": config.name,
                              "version": version, "kind": kind, "error": exc.message,
                              "code": exc.code})
             raise
-        metrics.model_loaded(model.name, model.version, model.load_seconds, True, kind)
+        for hook in self._load_hooks:
+            hook(model.name, model.version, model.load_seconds, True, kind)
         log.info("model %s version %d loaded in %.2f s", model.name, model.version,
                  model.load_seconds,
                  extra={"event": "model_loaded", "model": model.name, "version": model.version,
@@ -467,7 +319,7 @@ class ModelRegistry:
         return all(s.state is ModelState.AVAILABLE for s in self.statuses())
 
     @contextlib.contextmanager
-    def lease(self, names: list[str] | None = None):
+    def lease(self, names: list[str] | None = None) -> Iterator[list[ServedModel]]:
         """The serving versions of ``names`` (default: every available model), held open
         for the block. Taken under the registry lock, so a swap happens either before (we get
         the new version) or after (the old one waits for us to finish)."""

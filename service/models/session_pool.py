@@ -1,20 +1,15 @@
-"""Thread-pinned TensorFlow sessions with dynamic batching.
+"""Thread-pinned TensorFlow sessions behind one bounded queue.
 
 Each worker thread imports the graph and creates its own ``tf.compat.v1.Session``; only that
-thread ever calls ``session.run`` on it. Callers submit numpy batches to one bounded queue
-and get a ``Future``; a worker merges queued submissions into one run of up to
-``max_batch_size`` rows, waiting at most ``batch_timeout_ms`` for more to arrive.
-
-A supervisor thread replaces a worker that died or whose ``session.run`` has taken longer
-than ``worker_timeout_s``: it fails the requests that worker held with ``Unavailable``
-(code ``worker_restarted``), retires it, and starts a fresh worker (and session) from the
+thread ever calls ``session.run`` on it. Callers submit numpy batches to the queue and get a
+``Future``; a worker merges queued submissions into one run (``batching``), and a supervisor
+replaces workers that crash or wedge (``supervisor``), rebuilding their sessions from the
 graph bytes held in memory.
 """
 from __future__ import annotations
 
 import itertools
 import logging
-import os
 import queue
 import threading
 import time
@@ -25,45 +20,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..config import PoolSettings
 from ..errors import DeadlineExceeded, Overloaded, Unavailable
+from .batching import STOP, Batcher, Submission
+from .supervisor import Supervisor, Worker
 
 log = logging.getLogger("service.models")
-
-
-@dataclass(frozen=True)
-class PoolSettings:
-    pool_size: int = 1              # sessions, one worker thread each
-    max_batch_size: int = 256       # rows per session.run
-    # The longest a worker waits for more work to fill a batch, and only while fewer
-    # submissions have arrived than joined its previous batch (a lone caller never waits).
-    # 0: never wait; batches still hold whatever queued while the previous one ran.
-    batch_timeout_ms: float = 1.0
-    queue_size: int = 1024          # pending submissions before Overloaded
-    intra_op_threads: int = 0       # 0: cores // pool_size, so sessions x threads <= cores
-    inter_op_threads: int = 1
-    # A session.run taking longer than this is deemed wedged: its worker is replaced.
-    worker_timeout_s: float = 30.0
-    # Fault injection, for tests and drills only: each session.run first sleeps this long,
-    # so "inference is slow" (a full queue, a missed deadline) happens by construction.
-    inject_run_delay_s: float = 0.0
-
-    def __post_init__(self) -> None:
-        for key in ("pool_size", "max_batch_size", "queue_size"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.batch_timeout_ms < 0:
-            raise ValueError(f"batch_timeout_ms must be >= 0, got {self.batch_timeout_ms}")
-        if not self.worker_timeout_s > 0:
-            raise ValueError(f"worker_timeout_s must be > 0, got {self.worker_timeout_s}")
-        if self.inject_run_delay_s < 0:
-            raise ValueError(f"inject_run_delay_s must be >= 0, got {self.inject_run_delay_s}")
-
-    def threads_per_session(self) -> int:
-        return self.intra_op_threads or max(1, (os.cpu_count() or 1) // self.pool_size)
-
-    def check_interval(self) -> float:
-        """Seconds between supervisor checks: a wedge is seen within timeout + this."""
-        return min(1.0, self.worker_timeout_s / 4)
 
 
 @dataclass
@@ -73,17 +35,6 @@ class RunTiming:
     queue: float = 0.0
     inference: float = 0.0
     batch_size: int = 0
-
-
-@dataclass
-class _Submission:
-    inputs: np.ndarray
-    deadline: float | None
-    future: Future = field(default_factory=Future)
-    enqueued: float = field(default_factory=time.monotonic)
-
-
-_STOP = object()
 
 
 class _Session:
@@ -114,30 +65,6 @@ def _delayed(run: Callable, delay_s: float) -> Callable:
     return slow_run
 
 
-class _Worker:
-    """One worker thread and what the supervisor needs to see of it.
-
-    The worker thread writes ``batch``, ``carry`` and ``running_since``; the supervisor reads
-    them and sets ``retired`` (under the pool lock while a run is in progress).
-    """
-
-    def __init__(self) -> None:
-        self.thread: threading.Thread | None = None
-        self.opened = threading.Event()             # set once the session exists or failed
-        self.open_error: BaseException | None = None
-        self.session: _Session | None = None        # the worker's own; exposed for tests
-        self.batch: list[_Submission] = []          # the current (or last) run's submissions
-        self.carry: _Submission | None = None       # taken off the queue for the next run
-        self.running_since: float | None = None     # monotonic start of the run in progress
-        self.stopped = False                        # left on _STOP: a clean exit
-        self.retired = False                        # replaced: discard any result, exit
-
-    def held(self) -> list[_Submission]:
-        """Submissions taken off the queue and not yet answered."""
-        taken = self.batch + ([self.carry] if self.carry is not None else [])
-        return [s for s in taken if not s.future.done()]
-
-
 @dataclass
 class PoolStats:
     """Observed behaviour, for tests, benchmarks and /status."""
@@ -163,12 +90,11 @@ class SessionPool:
         self._input = input_name
         self._output = output_name
         self._queue: queue.Queue = queue.Queue(maxsize=settings.queue_size)
-        self._workers: list[_Worker] = []       # in service; changed under self._lock
+        self._workers: list[Worker] = []        # in service; changed under self._lock
         self._ids = itertools.count()
         self._accepting = False
         self._lock = threading.Lock()
-        self._halt = threading.Event()
-        self._monitor: threading.Thread | None = None
+        self._supervisor = Supervisor(self, self.stats.restarts)
         self.busy = 0
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -185,10 +111,7 @@ class SessionPool:
             if failed:
                 raise failed[0].open_error
             raise TimeoutError(f"model {self.name}: sessions not ready within {timeout:.3g} s")
-        self._halt.clear()
-        self._monitor = threading.Thread(target=self._supervise, name=f"{self.name}-supervisor",
-                                         daemon=True)
-        self._monitor.start()
+        self._supervisor.start()
         self._accepting = True
         return self
 
@@ -201,26 +124,23 @@ class SessionPool:
         self._accepting = False
         deadline = time.monotonic() + timeout
         try:
-            for _ in self._active():
+            for _ in self.active_workers():
                 # Bounded: a full queue behind a wedged worker must not block stop() forever.
-                self._queue.put(_STOP, timeout=max(0.0, deadline - time.monotonic()))
+                self._queue.put(STOP, timeout=max(0.0, deadline - time.monotonic()))
         except queue.Full:
             pass  # the wait below ends at the deadline; _abandon answers what is left
         self._wait_for_workers(deadline)
-        self._halt.set()
-        if self._monitor is not None:
-            self._monitor.join(max(0.0, deadline - time.monotonic()))
-            self._monitor = None
+        self._supervisor.stop(max(0.0, deadline - time.monotonic()))
         with self._lock:
             leftovers, self._workers = self._workers, []
         self._abandon(leftovers)
 
     def _wait_for_workers(self, deadline: float) -> None:
-        """Until every worker in service has left on _STOP, or ``deadline``."""
+        """Until every worker in service has left on STOP, or ``deadline``."""
         interval = self.settings.check_interval()
         while True:
             # A dead worker that did not stop is the supervisor's to replace: keep waiting.
-            pending = [w for w in self._active() if not w.stopped]
+            pending = [w for w in self.active_workers() if not w.stopped]
             remaining = deadline - time.monotonic()
             if not pending or remaining <= 0:
                 return
@@ -229,7 +149,7 @@ class SessionPool:
             else:
                 time.sleep(min(interval, remaining))
 
-    def _abandon(self, leftovers: list[_Worker]) -> None:
+    def _abandon(self, leftovers: list[Worker]) -> None:
         """After stop's timeout: fail what is still held or queued; wedged threads are left."""
         for worker in leftovers:
             if not worker.stopped:
@@ -240,15 +160,15 @@ class SessionPool:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is not _STOP:
+            if item is not STOP:
                 unanswered.append(item)
         for item in unanswered:
-            _fail(item.future, Unavailable(f"model {self.name} stopped before answering",
-                                           "model_unavailable"))
+            item.fail(Unavailable(f"model {self.name} stopped before answering",
+                                  "model_unavailable"))
         for worker in leftovers:
             if not worker.stopped and worker.thread.is_alive():
                 try:
-                    self._queue.put_nowait(_STOP)  # one still opening its session ends at once
+                    self._queue.put_nowait(STOP)  # one still opening its session ends at once
                 except queue.Full:
                     break
 
@@ -264,7 +184,7 @@ class SessionPool:
         """
         if not self._accepting:
             raise Unavailable(f"model {self.name} is not accepting requests", "model_unavailable")
-        submission = _Submission(inputs, deadline)
+        submission = Submission(inputs, deadline)
         try:
             self._queue.put_nowait(submission)
         except queue.Full:
@@ -282,41 +202,13 @@ class SessionPool:
             future.cancel()
             raise DeadlineExceeded(f"model {self.name} did not answer within {timeout:.3g} s")
 
-    # -- supervisor -------------------------------------------------------------------------
-    def _active(self) -> list[_Worker]:
+    # -- for the supervisor ------------------------------------------------------------------
+    def active_workers(self) -> list[Worker]:
         with self._lock:
             return list(self._workers)
 
-    def _supervise(self) -> None:
-        interval = self.settings.check_interval()
-        while not self._halt.wait(interval):
-            try:
-                self._check_workers()
-            except Exception:  # one failed check must not end supervision
-                log.exception("model %s: worker supervision check failed", self.name)
-
-    def _check_workers(self) -> None:
-        now = time.monotonic()
-        for worker in self._active():
-            # A worker already retired here was left in place only if its replacement failed
-            # to start a thread: try again.
-            if not worker.retired:
-                reason = self._fault(worker, now)
-                if reason is None:
-                    continue
-                self._report(worker, reason)
-            self._replace(worker)
-
-    def _fault(self, worker: _Worker, now: float) -> str | None:
-        """Why ``worker`` must be replaced (it is then retired), or None if it is healthy."""
-        if worker.thread.is_alive():
-            return "wedged" if self._retire_if_wedged(worker, now) else None
-        if worker.stopped:
-            return None  # left on _STOP during stop()
-        worker.retired = True
-        return "crashed" if worker.open_error is None else "open_failed"
-
-    def _retire_if_wedged(self, worker: _Worker, now: float) -> bool:
+    def retire_if_wedged(self, worker: Worker, now: float) -> bool:
+        """Retire ``worker`` if its run has lasted longer than ``worker_timeout_s``."""
         # Under the lock the worker cannot finish this run meanwhile: either it ends the run
         # first (and delivers), or it sees ``retired`` afterwards (and discards).
         with self._lock:
@@ -326,46 +218,29 @@ class SessionPool:
             self._retire_locked(worker)
             return True
 
-    def _retire(self, worker: _Worker) -> None:
-        with self._lock:
-            self._retire_locked(worker)
-
-    def _retire_locked(self, worker: _Worker) -> None:
-        if worker.running_since is not None and not worker.retired:
-            self.busy -= 1  # its run's own decrement is skipped once retired
-        worker.retired = True
-
-    def _report(self, worker: _Worker, reason: str) -> None:
-        """Log the fault and fail every request the retired worker held."""
-        if reason == "open_failed":
-            log.error("model %s: replacement worker %s could not open its session (%s); "
-                      "retrying", self.name, worker.thread.name, worker.open_error,
-                      extra={"event": "worker_open_failed", "model": self.name})
-            return
-        self.stats.restarts[reason] += 1
-        held = worker.held()
-        log.warning("model %s: session worker %s %s; failing the %d request(s) it held and "
-                    "starting a replacement", self.name, worker.thread.name, reason, len(held),
-                    extra={"event": "worker_restart", "model": self.name, "reason": reason})
-        for item in held:
-            _fail(item.future, Unavailable(
-                f"model {self.name}: the session worker {reason} and was restarted; "
-                "try again", "worker_restarted"))
-
-    def _replace(self, old: _Worker) -> None:
+    def replace_worker(self, old: Worker) -> None:
         new = self._spawn()
         with self._lock:
             self._workers = [new if w is old else w for w in self._workers]
 
+    def _retire(self, worker: Worker) -> None:
+        with self._lock:
+            self._retire_locked(worker)
+
+    def _retire_locked(self, worker: Worker) -> None:
+        if worker.running_since is not None and not worker.retired:
+            self.busy -= 1  # its run's own decrement is skipped once retired
+        worker.retired = True
+
     # -- workers ----------------------------------------------------------------------------
-    def _spawn(self) -> _Worker:
-        worker = _Worker()
+    def _spawn(self) -> Worker:
+        worker = Worker(Batcher(self._queue, self._admit))
         worker.thread = threading.Thread(target=self._work, args=(worker,), daemon=True,
                                          name=f"{self.name}-session-{next(self._ids)}")
         worker.thread.start()
         return worker
 
-    def _work(self, worker: _Worker) -> None:
+    def _work(self, worker: Worker) -> None:
         try:
             session = self._open_session()
         except BaseException as exc:  # start() re-raises it; the supervisor retries
@@ -383,10 +258,12 @@ class SessionPool:
         finally:
             session.close()
 
-    def _loop(self, worker: _Worker, session: _Session) -> None:
+    def _loop(self, worker: Worker, session: _Session) -> None:
         expected = 1
         while True:
-            batch, stop = self._collect(worker, expected)
+            settings = self.settings
+            batch, stop = worker.batcher.collect(expected, settings.max_batch_size,
+                                                 settings.batch_timeout_ms / 1000.0)
             if batch:
                 if not self._execute(worker, session, batch):
                     self._drop(worker)
@@ -396,12 +273,12 @@ class SessionPool:
                 worker.stopped = True
                 return
 
-    def _drop(self, worker: _Worker) -> None:
+    def _drop(self, worker: Worker) -> None:
         """Answer what a retired worker still holds: the supervisor or stop() answered all
         it could see, but stop() may retire a worker while it is still collecting."""
         for item in worker.held():
-            _fail(item.future, Unavailable(f"model {self.name}: its session worker was "
-                                           "retired before answering", "model_unavailable"))
+            item.fail(Unavailable(f"model {self.name}: its session worker was retired "
+                                  "before answering", "model_unavailable"))
 
     def _open_session(self) -> _Session:
         import tensorflow as tf  # first imported here, after any daemon fork
@@ -418,47 +295,7 @@ class SessionPool:
                         graph.get_tensor_by_name(self._output),
                         self.settings.inject_run_delay_s)
 
-    def _collect(self, worker: _Worker, expected: int):
-        """Gather submissions for one run into ``worker.batch``. Returns (batch, stop?).
-
-        Whatever is queued joins at once. Beyond that the worker waits (at most
-        ``batch_timeout_ms``) only while fewer submissions have arrived than joined its
-        previous batch: under concurrent load the callers it just answered are about to come
-        back, while a lone caller never waits. A submission that would overflow the batch is
-        kept in ``worker.carry`` to start the next one.
-        """
-        carried = worker.carry
-        first = carried if carried is not None else self._queue.get()
-        if first is _STOP:
-            return [], True
-        # Published at once, so the supervisor can fail these if the worker dies.
-        batch = worker.batch = [first] if self._admit(first) else []
-        if carried is not None:
-            worker.carry = None
-        rows = len(first.inputs) if batch else 0
-        limit = self.settings.max_batch_size
-        wait_until = time.monotonic() + self.settings.batch_timeout_ms / 1000.0
-        while rows < limit:
-            remaining = wait_until - time.monotonic()
-            try:
-                if remaining > 0 and len(batch) < expected:
-                    item = self._queue.get(timeout=remaining)
-                else:
-                    item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is _STOP:
-                self._queue.put(_STOP)  # keep it for after this batch; drain continues
-                break
-            if rows and rows + len(item.inputs) > limit:
-                worker.carry = item  # run what we have; this one starts the next batch
-                break
-            if self._admit(item):
-                batch.append(item)
-                rows += len(item.inputs)
-        return batch, False
-
-    def _admit(self, item: _Submission) -> bool:
+    def _admit(self, item: Submission) -> bool:
         """False for work nobody waits for any more (cancelled, or past its deadline)."""
         if item.deadline is not None and time.monotonic() > item.deadline:
             self.stats.timeouts += 1
@@ -468,7 +305,7 @@ class SessionPool:
             return False
         return item.future.set_running_or_notify_cancel()
 
-    def _run_in_chunks(self, worker: _Worker, session: _Session, inputs: np.ndarray) -> np.ndarray:
+    def _run_in_chunks(self, worker: Worker, session: _Session, inputs: np.ndarray) -> np.ndarray:
         """One session.run, or several for a single submission larger than max_batch_size."""
         step = self.settings.max_batch_size
         if len(inputs) <= step:
@@ -479,7 +316,7 @@ class SessionPool:
             outputs.append(session.run(inputs[i:i + step]))
         return np.concatenate(outputs)
 
-    def _execute(self, worker: _Worker, session: _Session, batch: list[_Submission]) -> bool:
+    def _execute(self, worker: Worker, session: _Session, batch: list[Submission]) -> bool:
         """Run one batch and answer it; False if the worker was retired during the run."""
         inputs = batch[0].inputs if len(batch) == 1 else np.concatenate([s.inputs for s in batch])
         with self._lock:
@@ -496,7 +333,7 @@ class SessionPool:
             return False  # the supervisor already failed these futures
         if error is not None:
             for item in batch:
-                _fail(item.future, error)
+                item.fail(error)
             return True
         finished = time.monotonic()
         self.stats.run_threads.add(threading.get_ident())
@@ -512,7 +349,7 @@ class SessionPool:
             offset += n
         return True
 
-    def _end_run(self, worker: _Worker) -> bool:
+    def _end_run(self, worker: Worker) -> bool:
         """Mark the run over; False if the supervisor retired the worker first."""
         with self._lock:
             worker.running_since = None
@@ -520,11 +357,3 @@ class SessionPool:
                 return False  # busy was already decremented by the retirement
             self.busy -= 1
             return True
-
-
-def _fail(future: Future, error: Exception) -> None:
-    """Fail ``future`` unless it is already answered or cancelled."""
-    try:
-        future.set_exception(error)
-    except InvalidStateError:
-        pass

@@ -8,13 +8,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from ..errors import ModelLoadError
 from .manifest import GRAPH_FILE, MANIFEST_FILE, Manifest, sha256_bytes
-
-if TYPE_CHECKING:
-    from ..config import Settings
 
 
 def list_versions(graphs_dir: Path, name: str) -> list[int]:
@@ -149,15 +146,9 @@ def normalise_prefix(prefix: str) -> str:
     return f"{prefix}/" if prefix else ""
 
 
-def open_store(settings: "Settings") -> ModelStore:
-    """The store ``[store]`` configures (local: ``[service] graphs_dir``)."""
-    if settings.store.kind != "s3":
-        return LocalStore(settings.service.graphs_dir)
-    from ..blobstore import make_s3_client  # boto3 only when S3 is used
-
-    client = make_s3_client(settings.s3, retries={"max_attempts": 3, "mode": "standard"},
-                            connect_timeout=5, read_timeout=60)
-    return S3Store(client, settings.store.bucket, settings.store.prefix, settings.store.cache_dir)
+def as_store(source: Path | str | ModelStore) -> ModelStore:
+    """A ``graphs_dir`` path is shorthand for the local store over it."""
+    return LocalStore(Path(source)) if isinstance(source, (str, Path)) else source
 
 
 @contextlib.contextmanager

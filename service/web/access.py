@@ -1,7 +1,7 @@
 """Who may call what, and how often: API keys, admin keys and rate limits, as one tool.
 
-``tools.access`` runs before a request's body is read. It finds the route's policy in
-``POLICIES``, checks the key (``Authorization: Bearer <key>`` or ``X-API-Key: <key>``) when
+``tools.access`` runs before a request's body is read. It takes the route's policy (declared
+with the route in ``routes.py``), checks the key (``Authorization: Bearer <key>`` or ``X-API-Key: <key>``) when
 keys are configured -- without keys, admin routes take ``[service] admin_token`` -- and admits the request through the client's token bucket and
 in-flight cap (the client is the key's id, or the address without keys). A refusal is
 answered at once, with the body left unread. The image count of a prediction is charged
@@ -14,36 +14,31 @@ import hmac
 import random
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
 import cherrypy
 
-from ..api_keys import ApiKey, KeyRing
-from ..config import AuthSettings, RateLimitSettings
+from ..access.keys import ApiKey, KeyRing
+from ..access.rate_limit import RateLimiter
+from ..config import AuthSettings, RateLimits, RateLimitSettings
 from ..dataplane import RequestContext
 from ..errors import ConfigError, Forbidden, RateLimited, ServiceError, Unauthorized
-from ..rate_limit import Limits, RateLimiter
-from .routes import route_template
-from .responses import service_error_response
+from .responses import raising
 
+# Each route's policy is declared with the route (routes.py); see the module docstring.
 OPEN, KEY, ADMIN, HEALTH, METRICS, FORM = "open", "key", "admin", "health", "metrics", "form"
-# By route template (routes.route_template); anything else under /v1 needs a key.
-POLICIES = {
-    "/v1/models/{name}/reload": ADMIN,
-    "/recognize": KEY, "/mnist/classify": KEY, "/mnist/classify/{idx}": KEY,
-    "/healthz": HEALTH, "/readyz": HEALTH, "/status": HEALTH,
-    "/metrics": METRICS,
-    "/result": FORM, "/feedback_form": FORM,
-}
 RATE_LIMITED = frozenset({KEY, ADMIN, FORM})  # what costs work: predictions and reloads
 FORM_KEY_FIELD = "api_key"
 
 
-def policy_for(path: str) -> str:
-    policy = POLICIES.get(route_template(path))
-    if policy is None:
-        return KEY if path == "/v1" or path.startswith("/v1/") else OPEN
-    return policy
+def unmatched_policy(path: str) -> str:
+    """The policy of a path no route matches: under /v1 a key is needed even to hear 404."""
+    return KEY if path == "/v1" or path.startswith("/v1/") else OPEN
+
+
+def request_policy(request: Any) -> str:
+    route = getattr(request, "route", None)  # set by the dispatcher
+    return route.policy if route is not None else unmatched_policy(request.path_info)
 
 
 def presented_key(headers: Any, header: str = "X-API-Key") -> str | None:
@@ -65,14 +60,13 @@ class Access:
             raise ConfigError(f"[auth] keys_file: {auth.keys_file} does not exist; create a "
                               "key with `python -m service keys add NAME`")
         self.keys = KeyRing(auth.keys_file) if auth.keys_file else None
-        self.defaults = Limits(**{f.name: getattr(limits, f.name)
-                                  for f in dataclasses.fields(Limits)})
+        self.defaults = RateLimits(**{f.name: getattr(limits, f.name)
+                                      for f in dataclasses.fields(RateLimits)})
         self.limiter = RateLimiter()
         self.tarpit_s = limits.tarpit_s
         self._tarpit = threading.BoundedSemaphore(limits.tarpit_slots) \
             if limits.tarpit_s and limits.tarpit_slots else None
         self.batch_max = batch_max
-        self.form_error: Callable[[ServiceError], bytes] | None = None  # set by the UI
 
     def form_needs_key(self) -> bool:
         return self.keys is not None and not self.auth.form_open
@@ -81,7 +75,7 @@ class Access:
     def check(self) -> None:
         """before_request_body: authenticate, authorise and admit, or answer the refusal."""
         request = cherrypy.serving.request
-        policy = policy_for(request.path_info)
+        policy = request_policy(request)
         try:
             key = self._authenticate(policy, request)
             request.api_key = key
@@ -92,7 +86,7 @@ class Access:
         except ServiceError as exc:
             if isinstance(exc, RateLimited):
                 self._slow_down()
-            self._refuse(request, exc, policy == FORM)
+            self._refuse(request, exc)
 
     def _slow_down(self) -> None:
         """Hold a refused request a moment, while a tarpit slot is free (see [ratelimit])."""
@@ -156,7 +150,7 @@ class Access:
             request.api_key = self._verify(value)
             request.form_api_key = value  # to fill in the result page's forms again
         except ServiceError as exc:
-            self._refuse(request, exc, html=True)
+            self._refuse(request, exc)
 
     def _verify(self, presented: str) -> ApiKey:
         key = self.keys.verify(presented) if self.keys else None
@@ -165,22 +159,19 @@ class Access:
                                "invalid_api_key")
         return key
 
-    def _refuse(self, request: Any, exc: ServiceError, html: bool) -> None:
-        """Answer ``exc`` instead of calling the handler (as the HTML page for the form)."""
+    def _refuse(self, request: Any, exc: ServiceError) -> None:
+        """Answer ``exc`` instead of calling the handler (tools.answer renders it as the
+        route answers: the HTML page for the form, JSON elsewhere)."""
         # The body is never parsed. Refused credentials close the connection, so a large body
         # is not read either; a 429 keeps it open (cheroot drains the body) for the retry.
         request.process_request_body = False
         if exc.status in (401, 403) or "Transfer-Encoding" in request.headers:
             cherrypy.serving.response.headers["Connection"] = "close"
-        answer = (self.form_error if html else None) or service_error_response
-        request.handler = lambda *a, **k: answer(exc)
+        request.handler = raising(exc)
 
     # -- limits --------------------------------------------------------------------------------
-    def limits_for(self, key: ApiKey | None) -> Limits:
-        if key is None:
-            return self.defaults
-        own = {k: v for k, v in dataclasses.asdict(key.limits).items() if v is not None}
-        return dataclasses.replace(self.defaults, **own) if own else self.defaults
+    def limits_for(self, key: ApiKey | None) -> RateLimits:
+        return key.rate_limits(self.defaults) if key else self.defaults
 
     def charge_images(self, context: RequestContext, count: int) -> None:
         """The data plane's admission hook: take ``count`` image tokens or raise 429."""

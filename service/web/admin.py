@@ -11,10 +11,9 @@ from typing import Any
 import cherrypy
 
 from ..errors import InvalidInput
-from ..models.registry import ModelRegistry, ModelStatus
+from ..models.registry import ModelStatus
 from . import fields
 from .bodies import parse_json, read_body
-from .responses import require_method
 
 MAX_ADMIN_BODY = 4096  # {"version": N} is all a reload body holds
 
@@ -40,17 +39,12 @@ def version_info(status: ModelStatus, versions: list[int]) -> dict[str, Any]:
             "last_reload_failure": failure.to_dict() if failure else None}
 
 
-class Admin:
-    def __init__(self, registry: ModelRegistry):
-        self.registry = registry
-
-    def reload(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
-        """POST /v1/models/<name>/reload: 200 with the new summary, or 409 ``reload_failed``."""
-        require_method("POST")
-        status = self.registry.reload(name, requested_version(params))
-        return {"name": status.name, "version": status.version, "state": status.state.value,
-                "previous_version": status.previous_version, "policy": status.policy,
-                "pinned": status.pinned}
+def reload(app: Any, /, name: str, **params: Any) -> dict[str, Any]:
+    """POST /v1/models/<name>/reload: 200 with the new summary, or 409 ``reload_failed``."""
+    status = app.registry.reload(name, requested_version(params))
+    return {"name": status.name, "version": status.version, "state": status.state.value,
+            "previous_version": status.previous_version, "policy": status.policy,
+            "pinned": status.pinned}
 
 
 def requested_version(params: dict[str, Any]) -> int | None:

@@ -7,12 +7,11 @@ import cherrypy
 
 from ..dataplane import DataPlane, ModelResult, RequestContext
 from ..errors import InvalidInput, NotFound, Unavailable
-from ..models.registry import ModelState, ModelStatus, ServedModel
+from ..models.loader import ServedModel
+from ..models.registry import ModelState, ModelStatus
 from .access import current_key
-from .admin import Admin, version_info
+from .admin import version_info
 from .bodies import BodyLimits, PredictBody, parse_predict_body
-from .feedback import FeedbackRoutes
-from .responses import json_endpoint, require_method
 
 
 def prediction_json(result: ModelResult, request_id: str) -> dict[str, Any]:
@@ -97,94 +96,58 @@ def request_context() -> RequestContext:
     return context
 
 
-class ModelsResource:
-    """/v1/models, /v1/models/<name>, /v1/models/<name>/predict, /v1/models/<name>/reload."""
-
-    _cp_config = {"tools.bodiless_post.on": True}  # a bare POST .../reload is not a 411
-
-    def __init__(self, predictor: Predictor):
-        self.predictor = predictor
-        self.registry = predictor.plane.registry
-        self.admin = Admin(self.registry)
-
-    @cherrypy.expose
-    @json_endpoint
-    def index(self):
-        require_method("GET")
-        return {"models": [model_summary(s) for s in self.registry.statuses()]}
-
-    @cherrypy.expose
-    @json_endpoint
-    def default(self, name: str, action: str | None = None, *rest, **params):
-        if action == "reload" and not rest:  # admin checks come before the model lookup
-            return self.admin.reload(name, params)
-        status = self._status(name)
-        if rest or action not in (None, "predict"):
-            raise NotFound(f"There is nothing at {cherrypy.request.path_info}.", "not_found")
-        if action is None:
-            require_method("GET")
-            return {**model_details(status), **version_info(status, self.registry.versions(name))}
-        require_method("POST")
-        return self.predictor.one(name, self.predictor.parse(params))
-
-    def _status(self, name: str) -> ModelStatus:
-        for status in self.registry.statuses():
-            if status.name == name:
-                return status
-        raise NotFound(f"There is no model named {name!r}.", "model_not_found")
+# -- handlers (routes.py says which path and method each serves) -------------------------
+def list_models(app: Any, /, **_: Any) -> dict[str, Any]:
+    return {"models": [model_summary(s) for s in app.registry.statuses()]}
 
 
-class V1(FeedbackRoutes):
-    def __init__(self, predictor: Predictor, inputlog: Any = None):
-        self.predictor = predictor
-        self.inputlog = inputlog  # /v1/feedback (FeedbackRoutes); None when the log is off
-        self.models = ModelsResource(predictor)
-
-    @cherrypy.expose
-    @json_endpoint
-    def predict(self, models: str | None = None, **params):
-        """POST /v1/predict: every available model, or ?models=a,b, on the same images."""
-        require_method("POST")
-        names = [n.strip() for n in models.split(",") if n.strip()] if models else None
-        if models is not None and not names:
-            raise InvalidInput("'models' must name at least one model.", "bad_parameter")
-        return self.predictor.many(names, self.predictor.parse(params))
+def get_model(app: Any, /, name: str, **_: Any) -> dict[str, Any]:
+    status = model_status(app.registry, name)
+    return {**model_details(status), **version_info(status, app.registry.versions(name))}
 
 
-class HealthRoutes:
-    """/status, /healthz and /readyz, mixed into the root object."""
+def predict_one(app: Any, /, name: str, **params: Any) -> dict[str, Any]:
+    model_status(app.registry, name)
+    return app.predictor.one(name, app.predictor.parse(params))
 
-    registry: Any
 
-    @cherrypy.expose
-    @json_endpoint
-    def status(self):
-        require_method("GET")
-        statuses = self.registry.statuses()
-        degraded = any(s.state is ModelState.FAILED for s in statuses)
-        return {"status": "degraded" if degraded else "ok",
-                "models": {s.name: _status_json(s) for s in statuses}}
+def predict_many(app: Any, /, models: str | None = None, **params: Any) -> dict[str, Any]:
+    """POST /v1/predict: every available model, or ?models=a,b, on the same images."""
+    names = [n.strip() for n in models.split(",") if n.strip()] if models else None
+    if models is not None and not names:
+        raise InvalidInput("'models' must name at least one model.", "bad_parameter")
+    return app.predictor.many(names, app.predictor.parse(params))
 
-    @cherrypy.expose
-    @json_endpoint
-    def healthz(self):
-        require_method("GET")
-        return {"status": "alive"}
 
-    @cherrypy.expose
-    @json_endpoint
-    def readyz(self):
-        require_method("GET")
-        statuses = self.registry.statuses()
-        waiting = [s.name for s in statuses if s.state is not ModelState.AVAILABLE]
-        if waiting:
-            raise Unavailable(f"Not ready: waiting for model(s) {', '.join(waiting)}.",
-                              "not_ready", retry_after=5)
-        # The HTTP server answers a moment before the engine has finished starting.
-        if cherrypy.engine.state is not cherrypy.engine.states.STARTED:
-            raise Unavailable("Not ready: the server is still starting.", "not_ready",
-                              retry_after=1)
-        return {"status": "ready"}
+def model_status(registry: Any, name: str) -> ModelStatus:
+    for status in registry.statuses():
+        if status.name == name:
+            return status
+    raise NotFound(f"There is no model named {name!r}.", "model_not_found")
+
+
+def service_status(app: Any, /, **_: Any) -> dict[str, Any]:
+    statuses = app.registry.statuses()
+    degraded = any(s.state is ModelState.FAILED for s in statuses)
+    return {"status": "degraded" if degraded else "ok",
+            "models": {s.name: _status_json(s) for s in statuses}}
+
+
+def healthz(app: Any, /, **_: Any) -> dict[str, Any]:
+    return {"status": "alive"}
+
+
+def readyz(app: Any, /, **_: Any) -> dict[str, Any]:
+    statuses = app.registry.statuses()
+    waiting = [s.name for s in statuses if s.state is not ModelState.AVAILABLE]
+    if waiting:
+        raise Unavailable(f"Not ready: waiting for model(s) {', '.join(waiting)}.",
+                          "not_ready", retry_after=5)
+    # The HTTP server answers a moment before the engine has finished starting.
+    if cherrypy.engine.state is not cherrypy.engine.states.STARTED:
+        raise Unavailable("Not ready: the server is still starting.", "not_ready",
+                          retry_after=1)
+    return {"status": "ready"}
 
 
 def _status_json(status: ModelStatus) -> dict[str, Any]:

@@ -7,25 +7,29 @@ from typing import Any
 import cherrypy
 from cherrypy.process.plugins import Daemonizer, PIDFile
 
-from .. import logs
+from .. import logs, metrics
 from ..config import REPO_ROOT, Settings, load_settings
 from ..dataplane import DataPlane
 from ..inputlog import InputLog
 from ..models.registry import ModelRegistry
-from ..models.store import open_store
+from ..models.store import LocalStore, ModelStore, S3Store
+from . import connection_guard, limits, openapi  # noqa: F401  (limits: tools.body_limit)
 from .access import Access
-from .api import HealthRoutes, Predictor, V1
+from .api import Predictor
 from .bodies import BodyLimits
-from . import connection_guard, limits  # noqa: F401  (limits registers tools.body_limit)
-from .compat import CompatRoutes
-from .observability import ObservabilityRoutes, take_over_access_log, tool_config
-from .plugins import InputLogPlugin, LogWriterPlugin, ModelPlugin
-from .responses import error_page, unexpected_error
-from .ui import UiRoutes, form_error
+from .dispatch import TableDispatcher
+from .observability import observe, take_over_access_log, tool_config
+from .plugins import LifecyclePlugin, LogWriterPlugin
+from .responses import unexpected_error
+from .routes import TABLE, openapi_document
 
 
-class Root(HealthRoutes, CompatRoutes, UiRoutes, ObservabilityRoutes):
-    """``/``: the form, health, metrics and the seed-compatible routes; ``/v1``: the API."""
+class App:
+    """What the route handlers share: settings, registry, data plane, input log, access, metrics.
+
+    Every handler is ``handler(app, /, **params)`` (routes.py); CherryPy mounts this object as
+    the application's root, dispatched by the route table.
+    """
 
     def __init__(self, settings: Settings, registry: ModelRegistry,
                  inputlog: InputLog | None = None):
@@ -34,21 +38,20 @@ class Root(HealthRoutes, CompatRoutes, UiRoutes, ObservabilityRoutes):
         self.registry = registry
         self.access = Access(settings.auth, settings.ratelimit, service.max_batch_size,
                              service.admin_token)
-        self.access.form_error = lambda exc: form_error(self, exc)
         self.plane = DataPlane(registry, max_pixels=service.max_pixels,
                                max_frames=service.max_frames,
                                max_batch_size=service.max_batch_size,
                                timeout_s=service.request_timeout_s,
                                sinks=[inputlog] if inputlog else [],
                                admission=self.access.charge_images)
-        self.start_observing(self.plane)  # metrics and prediction logs
+        self.service_metrics = observe(self.plane)  # metrics and prediction logs
         self.predictor = Predictor(self.plane, BodyLimits(
             service.images_root, service.max_body_bytes, service.max_image_bytes,
             service.max_json_depth, service.max_batch_size))
         self.default_model = service.default_model
         self.mnist_dir = service.mnist_dir
         self.inputlog = inputlog
-        self.v1 = V1(self.predictor, inputlog)
+        self.openapi_bytes = openapi.document_bytes(openapi_document())
 
 
 def app_config(max_body_bytes: int) -> dict[str, Any]:
@@ -57,10 +60,9 @@ def app_config(max_body_bytes: int) -> dict[str, Any]:
             "tools.body_limit.on": True,
             "tools.body_limit.limit": max_body_bytes,
             "request.body.maxbytes": max_body_bytes,
-            "error_page.default": error_page,
             "request.error_response": unexpected_error,
+            "tools.answer.on": True,
             "tools.encode.on": False,
-            "tools.trailing_slash.on": False,
         },
         "/static": {
             "tools.staticdir.on": True,
@@ -82,17 +84,19 @@ def mount(settings: Settings) -> ModelRegistry:
     LogWriterPlugin(cherrypy.engine, writer).subscribe()
     registry = ModelRegistry(settings.models, open_store(settings),
                              poll_interval_s=settings.store.poll_interval_s)
+    registry.on_load(metrics.model_loaded)
     inputlog = make_inputlog(settings, registry)
-    root = Root(settings, registry, inputlog)
+    app = App(settings, registry, inputlog)
     # Below CherryPy: slow clients are cut, and a full accept queue answers 503 at once.
-    connection_guard.install(service.client_timeout_s, root.service_metrics)
+    connection_guard.install(service.client_timeout_s, app.service_metrics)
     config = app_config(service.max_body_bytes)
-    config["/"].update(tool_config(root.service_metrics))
-    config["/"].update({"tools.access.on": True, "tools.access.access": root.access})
-    take_over_access_log(cherrypy.tree.mount(root, "/", config))
-    ModelPlugin(cherrypy.engine, registry).subscribe()
+    config["/"].update(tool_config(app.service_metrics))
+    config["/"].update({"tools.access.on": True, "tools.access.access": app.access,
+                        "request.dispatch": TableDispatcher(TABLE, app)})
+    take_over_access_log(cherrypy.tree.mount(app, "/", config))
+    LifecyclePlugin(cherrypy.engine, registry, "stopping model pools").subscribe()
     if inputlog is not None:
-        InputLogPlugin(cherrypy.engine, inputlog).subscribe()
+        LifecyclePlugin(cherrypy.engine, inputlog, "flushing the input log").subscribe()
     return registry
 
 
@@ -102,6 +106,17 @@ def make_inputlog(settings: Settings, registry: ModelRegistry) -> InputLog | Non
         return None
     return InputLog(settings.inputlog, settings.s3,
                     labels_for=lambda name: registry.get(name).labels)
+
+
+def open_store(settings: Settings) -> ModelStore:
+    """The model store ``[store]`` configures (local: ``[service] graphs_dir``)."""
+    if settings.store.kind != "s3":
+        return LocalStore(settings.service.graphs_dir)
+    from ..blobstore import make_s3_client  # boto3 only when S3 is used
+
+    client = make_s3_client(settings.s3, retries={"max_attempts": 3, "mode": "standard"},
+                            connect_timeout=5, read_timeout=60)
+    return S3Store(client, settings.store.bucket, settings.store.prefix, settings.store.cache_dir)
 
 
 def serve(config_path: Path | None, host: str | None = None, port: int | None = None,

@@ -18,8 +18,8 @@ import numpy as np
 from ..config import ServiceSettings
 from ..dataplane import Instance
 from ..errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from ..images_root import read_image_path
 from . import fields
+from .remote_paths import read_image_path
 
 RAW_IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/tiff",
                    "image/webp", "application/octet-stream")

@@ -8,11 +8,9 @@ import cherrypy
 import numpy as np
 
 from ..dataplane import Instance
-from ..errors import InvalidInput, NotFound, ServiceError
+from ..errors import InvalidInput, NotFound
 from ..models import datasets
-from .api import Predictor
 from .bodies import PredictBody, body_from_json, media_type, read_json_body
-from .responses import json_bytes, json_endpoint, require_method, service_error_response
 
 
 def _probabilities_by_class(prediction: dict[str, Any]) -> list[float]:
@@ -24,93 +22,74 @@ def _probabilities_by_class(prediction: dict[str, Any]) -> list[float]:
     return probabilities
 
 
-class CompatRoutes:
-    """POST /recognize and the /mnist/... routes, mixed into the root object."""
+def recognize(app: Any, /, **params: Any) -> dict[str, Any]:
+    """POST /recognize: {"image": b64} -> {"digit", "probability"}."""
+    canonical = app.predictor.one(app.default_model, app.predictor.parse(params))
+    best = canonical["predictions"][0]
+    return {"digit": best["class"], "probability": best["probability"]}
 
-    predictor: Predictor
-    default_model: str
-    mnist_dir: Any
 
-    @cherrypy.expose
-    @json_endpoint
-    def recognize(self, **params):
-        """{"image": b64} -> {"digit", "probability"}."""
-        require_method("POST")
-        canonical = self.predictor.one(self.default_model, self.predictor.parse(params))
-        best = canonical["predictions"][0]
-        return {"digit": best["class"], "probability": best["probability"]}
+def mnist_classify(app: Any, /, **params: Any) -> dict[str, Any]:
+    """POST /mnist/classify: a raw image or form, or JSON {"requests": [{"image": b64}]}."""
+    if media_type() != "application/json":
+        return _classify_one(app, app.predictor.parse(params))
+    payload = read_json_body(app.predictor.limits)
+    if not isinstance(payload, dict) or not isinstance(payload.get("requests"), list):
+        raise InvalidInput("The JSON body needs 'requests': [{\"image\": base64}, ...].",
+                           "missing_image")
+    instances = [{"b64": r.get("image") if isinstance(r, dict) else None}
+                 for r in payload["requests"]]
+    body = body_from_json({"instances": instances}, params, app.predictor.limits)
+    canonical = app.predictor.one(app.default_model, body)
+    return {"responses": [{"class": p["class"], "probability": p["probability"]}
+                          for p in canonical["predictions"]]}
 
-    @cherrypy.expose
-    def mnist(self, *path, **params):
-        routes = {"image": self._mnist_image, "label": self._mnist_label,
-                  "classify": self._mnist_classify}
-        handler = routes.get(path[0]) if path else None
-        if handler is None:
-            raise cherrypy.NotFound()
-        try:
-            result = handler(path[1:], params)
-        except ServiceError as exc:
-            return service_error_response(exc)
-        return result if isinstance(result, bytes) else json_bytes(result)
 
-    # -- /mnist/classify ------------------------------------------------------------------------
-    def _mnist_classify(self, rest: tuple, params: dict[str, Any]):
-        if rest:  # GET /mnist/classify/<idx>
-            require_method("GET")
-            image = self._test_image(rest)
-            return self._classify_one(PredictBody([Instance(_png(image))]))
-        require_method("POST")
-        if media_type() != "application/json":
-            return self._classify_one(self.predictor.parse(params))
-        payload = read_json_body(self.predictor.limits)
-        if not isinstance(payload, dict) or not isinstance(payload.get("requests"), list):
-            raise InvalidInput("The JSON body needs 'requests': [{\"image\": base64}, ...].",
-                               "missing_image")
-        instances = [{"b64": r.get("image") if isinstance(r, dict) else None}
-                     for r in payload["requests"]]
-        body = body_from_json({"instances": instances}, params, self.predictor.limits)
-        canonical = self.predictor.one(self.default_model, body)
-        return {"responses": [{"class": p["class"], "probability": p["probability"]}
-                              for p in canonical["predictions"]]}
+def mnist_classify_index(app: Any, /, idx: str, **_: Any) -> dict[str, Any]:
+    """GET /mnist/classify/<idx>."""
+    image = _test_image(app, idx)
+    return _classify_one(app, PredictBody([Instance(_png(image))]))
 
-    def _classify_one(self, body: PredictBody) -> dict[str, Any]:
-        labels = self.predictor.plane.registry.get(self.default_model).labels
-        body = PredictBody(body.instances, top_k=len(labels))
-        canonical = self.predictor.one(self.default_model, body)
-        best = canonical["predictions"][0]
-        return {"prediction": best["class"], "elapsed_time_ms": canonical["timing_ms"]["total"],
-                "debug": {"probabilities": _probabilities_by_class(best)}}
 
-    # -- /mnist/image/<idx>, /mnist/label/<idx> --------------------------------------------
-    def _mnist_image(self, rest: tuple, params: dict[str, Any]) -> bytes:
-        require_method("GET")
-        image = self._test_image(rest)
-        fmt = str(params.get("format", "jpeg")).lower()
-        if fmt not in ("jpeg", "jpg", "png"):
-            raise InvalidInput(f"format must be jpeg or png, got {fmt!r}.", "bad_parameter")
-        if fmt == "png":
-            cherrypy.response.headers["Content-Type"] = "image/png"
-            return _png(image)
-        cherrypy.response.headers["Content-Type"] = "image/jpeg"
-        return _encode(image, "JPEG", quality=95)
+def _classify_one(app: Any, body: PredictBody) -> dict[str, Any]:
+    labels = app.registry.get(app.default_model).labels
+    body = PredictBody(body.instances, top_k=len(labels))
+    canonical = app.predictor.one(app.default_model, body)
+    best = canonical["predictions"][0]
+    return {"prediction": best["class"], "elapsed_time_ms": canonical["timing_ms"]["total"],
+            "debug": {"probabilities": _probabilities_by_class(best)}}
 
-    def _mnist_label(self, rest: tuple, params: dict[str, Any]):
-        require_method("GET")
-        images, labels = datasets.load_mnist("test", self.mnist_dir)
-        return {"label": int(labels[self._index(rest, len(labels))])}
 
-    def _test_image(self, rest: tuple) -> np.ndarray:
-        images, _ = datasets.load_mnist("test", self.mnist_dir)
-        return images[self._index(rest, len(images))]
+def mnist_image(app: Any, /, idx: str, format: Any = "jpeg", **_: Any) -> bytes:
+    """GET /mnist/image/<idx>[?format=png]."""
+    image = _test_image(app, idx)
+    fmt = str(format).lower()
+    if fmt not in ("jpeg", "jpg", "png"):
+        raise InvalidInput(f"format must be jpeg or png, got {fmt!r}.", "bad_parameter")
+    if fmt == "png":
+        cherrypy.response.headers["Content-Type"] = "image/png"
+        return _png(image)
+    cherrypy.response.headers["Content-Type"] = "image/jpeg"
+    return _encode(image, "JPEG", quality=95)
 
-    @staticmethod
-    def _index(rest: tuple, count: int) -> int:
-        text = rest[0] if len(rest) == 1 else ""
-        # at most 9 digits: int() of thousands of them would raise, not say "not found"
-        if not (text.isascii() and text.isdigit() and len(text) <= 9) or int(text) >= count:
-            raise NotFound(f"MNIST test image index must be an integer from 0 to {count - 1}.",
-                           "index_not_found")
-        return int(text)
+
+def mnist_label(app: Any, /, idx: str, **_: Any) -> dict[str, Any]:
+    """GET /mnist/label/<idx>."""
+    images, labels = datasets.load_mnist("test", app.mnist_dir)
+    return {"label": int(labels[_index(idx, len(labels))])}
+
+
+def _test_image(app: Any, idx: str) -> np.ndarray:
+    images, _ = datasets.load_mnist("test", app.mnist_dir)
+    return images[_index(idx, len(images))]
+
+
+def _index(text: str, count: int) -> int:
+    # at most 9 digits: int() of thousands of them would raise, not say "not found"
+    if not (text.isascii() and text.isdigit() and len(text) <= 9) or int(text) >= count:
+        raise NotFound(f"MNIST test image index must be an integer from 0 to {count - 1}.",
+                       "index_not_found")
+    return int(text)
 
 
 def _png(image: np.ndarray) -> bytes:

@@ -39,7 +39,8 @@ import cherrypy
 from cheroot.server import ChunkedRFile, HTTPConnection, KnownLengthRFile
 from cherrypy._cpwsgi_server import CPWSGIHTTPRequest, CPWSGIServer
 
-from .responses import HTTP_CODES, error_payload
+from ..errors import http_code
+from .responses import error_payload
 
 if TYPE_CHECKING:
     from ..metrics import ServiceMetrics
@@ -287,7 +288,7 @@ class GuardedRequest(CPWSGIHTTPRequest):
         if number < 400:
             return super().simple_response(status, msg)
         text = msg.decode("latin-1") if isinstance(msg, bytes) else str(msg)
-        code = HTTP_CODES.get(number, f"http_{number}")
+        code = http_code(number)
         self.close_connection = True  # what follows a malformed request cannot be trusted
         self.server.guard.reject(code, number)
         with suppress(OSError):

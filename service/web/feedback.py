@@ -3,14 +3,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import cherrypy
-
 from ..errors import InvalidInput, NotFound, UnsupportedMediaType
 from ..inputlog import InputLog
+from ..inputlog.feedback import Caller
 from .access import current_key
 from . import fields
 from .bodies import media_type, parse_json, read_body
-from .responses import json_endpoint, require_method
 
 MAX_FEEDBACK_BYTES = 4096  # a request id, a label and an index: nothing big
 MAX_REQUEST_ID_CHARS = 128  # ours are 32 hex digits
@@ -44,23 +42,16 @@ def require_inputlog(inputlog: InputLog | None) -> InputLog:
     return inputlog
 
 
-class FeedbackRoutes:
-    """``/v1/feedback``, mixed into ``V1``; the app sets ``inputlog`` when it is enabled."""
-
-    inputlog: InputLog | None = None
-
-    @cherrypy.expose
-    @json_endpoint
-    def feedback(self, **_):
-        require_method("POST")
-        if media_type() != "application/json":
-            raise UnsupportedMediaType("Send feedback as application/json.")
-        payload = parse_json(read_body(MAX_FEEDBACK_BYTES))
-        return require_inputlog(self.inputlog).feedback(**feedback_fields(payload),
-                                                        caller=current_caller())
+def feedback(app: Any, /, **_: Any) -> dict[str, Any]:
+    """POST /v1/feedback: the true label of an earlier prediction (JSON)."""
+    if media_type() != "application/json":
+        raise UnsupportedMediaType("Send feedback as application/json.")
+    payload = parse_json(read_body(MAX_FEEDBACK_BYTES))
+    return require_inputlog(app.inputlog).feedback(**feedback_fields(payload),
+                                                   caller=current_caller())
 
 
-def current_caller() -> tuple[str, bool] | None:
+def current_caller() -> Caller | None:
     """The request's API key as the input log's feedback check sees it (None: no keys)."""
     key = current_key()
-    return (key.id, key.admin) if key else None
+    return Caller(key.id, key.admin) if key else None

@@ -17,9 +17,8 @@ import cherrypy
 from ..dataplane import DataPlane
 from ..logs import ACCESS_LOGGER, PredictionLog
 from ..metrics import CONTENT_TYPE, ServiceMetrics
-from . import openapi
-from .responses import HTTP_CODES, require_method
-from .routes import route_template
+from ..errors import http_code
+from .dispatch import UNMATCHED
 
 access_log = logging.getLogger(ACCESS_LOGGER)
 log = logging.getLogger("service.web")
@@ -35,10 +34,10 @@ def _ended(metrics: ServiceMetrics | None = None) -> None:
     try:
         seconds = time.perf_counter() - getattr(request, "observe_started", time.perf_counter())
         status = _status_code(response.status)
-        route = route_template(request.path_info)
+        route = getattr(request, "route_template", UNMATCHED)  # set by the dispatcher
         code = getattr(request, "error_code", None)
         if status >= 400 and code is None:
-            code = HTTP_CODES.get(status, f"http_{status}")
+            code = http_code(status)
         if metrics is not None:
             metrics.request_done(route, request.method, status, seconds, code)
         _write_access_line(request, response, route, status, seconds, code)
@@ -102,27 +101,20 @@ def _write_access_line(request: Any, response: Any, route: str, status: int, sec
     access_log.info(line, extra=fields)
 
 
-# -- routes ----------------------------------------------------------------------------------
-class ObservabilityRoutes:
-    """``/metrics`` and ``/openapi.json``, mixed into the root object."""
+# -- handlers (routes.py says which path and method each serves) -------------------------
+def observe(plane: DataPlane) -> ServiceMetrics:
+    """Count and log ``plane``'s predictions: the app's metrics, once at start-up."""
+    metrics = ServiceMetrics(plane.registry, lambda: plane.sinks)
+    plane.observers.append(metrics)
+    plane.sinks.append(PredictionLog())
+    return metrics
 
-    service_metrics: ServiceMetrics
 
-    def start_observing(self, plane: DataPlane) -> None:
-        """Count and log ``plane``'s predictions; called once by the root's ``__init__``."""
-        self.service_metrics = ServiceMetrics(plane.registry, lambda: plane.sinks)
-        plane.observers.append(self.service_metrics)
-        plane.sinks.append(PredictionLog())
+def metrics(app: Any, /, **_: Any) -> bytes:
+    cherrypy.response.headers["Content-Type"] = CONTENT_TYPE
+    return app.service_metrics.exposition()
 
-    @cherrypy.expose
-    def metrics(self) -> bytes:
-        require_method("GET")
-        cherrypy.response.headers["Content-Type"] = CONTENT_TYPE
-        return self.service_metrics.exposition()
 
-    @cherrypy.expose
-    def openapi_json(self) -> bytes:
-        """``/openapi.json`` (CherryPy's dispatcher maps the dot to an underscore)."""
-        require_method("GET")
-        cherrypy.response.headers["Content-Type"] = "application/json"
-        return openapi.document_bytes()
+def openapi_json(app: Any, /, **_: Any) -> bytes:
+    cherrypy.response.headers["Content-Type"] = "application/json"
+    return app.openapi_bytes

@@ -1,45 +1,24 @@
-"""The OpenAPI 3.1 description of every route, served at ``GET /openapi.json``.
+"""The OpenAPI 3.1 description, built from the route table (``build_document(ROUTES)``).
 
-Written as Python rather than a JSON file so that what repeats (the predict body kinds, the
-error responses, the query options) is written once. Schemas are JSON Schema 2020-12, as
-OpenAPI 3.1 specifies; ``tests/web/test_openapi.py`` checks real responses against them.
+The schemas and the pieces operations are made of (the predict body kinds, the error
+responses, the query options) are written once here; each route declares its operation
+with them in ``routes.py``. Schemas are JSON Schema 2020-12, as OpenAPI 3.1 specifies;
+``tests/web/test_openapi.py`` checks real responses against them.
 """
 from __future__ import annotations
 
-import functools
+import copy
 import json
-from typing import Any
+from typing import Any, Iterable
 
+from ..errors import CODES
 from . import access
+from .bodies import RAW_IMAGE_TYPES
 from .feedback import MAX_LABEL_CHARS, MAX_REQUEST_ID_CHARS
 from .fields import INT64_MAX
 
 JSON = "application/json"
 HTML = "text/html"
-RAW_IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/tiff",
-                   "image/webp", "application/octet-stream")
-
-# Error codes by status: a response's ``error.code`` must be one of its status's codes.
-ERROR_CODES: dict[int, tuple[str, ...]] = {
-    400: ("invalid_json", "missing_image", "bad_instance", "bad_base64", "invalid_image",
-          "blank_image", "bad_parameter", "invalid_input", "bad_request", "bad_path",
-          "not_a_file", "json_too_deep"),
-    401: ("unauthorized", "invalid_api_key"),
-    403: ("remote_path_disabled", "path_forbidden", "forbidden"),
-    404: ("not_found", "model_not_found", "index_not_found", "image_not_found"),
-    405: ("method_not_allowed",),
-    408: ("request_timeout",),
-    409: ("conflict", "reload_failed"),
-    411: ("length_required",),
-    413: ("body_too_large", "image_too_large", "batch_too_large", "image_bytes_too_large",
-          "too_many_frames", "too_many_blocks", "payload_too_large"),
-    415: ("unsupported_media_type", "unsupported_image_format"),
-    429: ("rate_limited",),
-    500: ("internal_error",),
-    503: ("model_unavailable", "overloaded", "not_ready", "unavailable", "too_many_in_flight",
-          "worker_restarted", "feedback_pending"),
-    504: ("deadline_exceeded",),
-}
 ERROR_WHEN = {
     400: "Malformed JSON (or nested too deep), missing or empty field, bad base64, bad path, "
          "undecodable or truncated image, no ink, bad parameter.",
@@ -192,7 +171,7 @@ def json_ok(schema: str, description: str) -> dict[str, Any]:
 
 def error(status: int, codes: tuple[str, ...] | None = None, media: str = JSON) -> dict[str, Any]:
     """The shared error shape, its code restricted to ``codes`` (default: the status's)."""
-    codes = codes or ERROR_CODES[status]
+    codes = codes or CODES[status]
     content = {JSON: {"schema": error_schema(codes)}} if media == JSON else {HTML: {"schema": STR}}
     response = {"description": f"{ERROR_WHEN[status]} Codes: {', '.join(codes)}.",
                 "content": content}
@@ -233,6 +212,8 @@ OPTION_PARAMS = [
 MODEL_NAME = path_param("name", STR, "A served model, e.g. digits-cnn.")
 MNIST_INDEX = path_param("idx", {"type": "integer", "minimum": 0, "maximum": 9999},
                          "An MNIST test image index.")
+PATH_PARAMS = {"name": MODEL_NAME, "idx": MNIST_INDEX,
+               "file": path_param("file", STR, "app.js or style.css.")}
 ADMIN_TOKEN = [{"bearerToken": []}, {"adminToken": []}]
 
 
@@ -250,122 +231,6 @@ def predict_body(json_schema: str = "PredictJson") -> dict[str, Any]:
 def operation(summary: str, responses: dict[str, Any], tag: str, **more: Any) -> dict[str, Any]:
     return {"summary": summary, "tags": [tag], "responses": responses, **more}
 
-
-# -- paths -------------------------------------------------------------------------------------
-PATHS: dict[str, Any] = {
-    "/v1/models": {"get": operation(
-        "Served models: state, input, labels, accuracy.", {
-            **json_ok("ModelList", "Every configured model."), **errors(405, 500)}, "models")},
-    "/v1/models/{name}": {"parameters": [MODEL_NAME], "get": operation(
-        "One model's manifest-derived metadata, layers, pool settings and versions.", {
-            **json_ok("ModelDetails", "The model."), **errors(404, 405, 500)}, "models")},
-    "/v1/models/{name}/predict": {"parameters": [MODEL_NAME], "post": operation(
-        "Classify one or more images with one model.", {
-            **json_ok("ModelPrediction", "One prediction per image, in order; the "
-                                         "X-Request-ID header echoes request_id."),
-            **errors(*PREDICT_ERRORS)}, "predict", parameters=OPTION_PARAMS,
-        requestBody=predict_body())},
-    "/v1/models/{name}/reload": {"parameters": [MODEL_NAME], "post": operation(
-        "Admin: load the newest version (or pin {\"version\": N}, a rollback) beside the "
-        "serving one and swap it in once warmed and through the QA gate.", {
-            **json_ok("ReloadResult", "The model as it now serves."),
-            **error(400), **error(401), **error(403, ("forbidden", "admin_disabled")),
-            **error(404, ("model_not_found", "not_found")), **errors(405, 409, 500),
-            **error(503, ("model_unavailable", "unavailable"))}, "admin",
-        security=ADMIN_TOKEN,
-        requestBody={"required": False, "content": {JSON: {"schema": ref("ReloadRequest")}}})},
-    "/v1/predict": {"post": operation(
-        "The same images through every available model (or ?models=a,b), concurrently.", {
-            **json_ok("MultiPrediction", "Each model's prediction, by model name."),
-            **errors(*PREDICT_ERRORS)}, "predict",
-        parameters=[query("models", STR, "Comma-separated model names (default: every "
-                                         "available model)."), *OPTION_PARAMS],
-        requestBody=predict_body())},
-    "/v1/feedback": {"post": operation(
-        "Record the true label of an earlier prediction, for the next training run.", {
-            **json_ok("FeedbackResult", "The label was recorded on `updated` records."),
-            **error(400, (*ERROR_CODES[400], "bad_label")),
-            **error(404, ("request_not_found", "feedback_disabled", "not_found")),
-            **errors(405, 413, 415, 500),
-            **error(503, ("labels_unavailable", "inputlog_unavailable"))}, "feedback",
-        requestBody={"required": True, "content": {JSON: {"schema": ref("FeedbackRequest")}}})},
-    "/status": {"get": operation(
-        "ok, or degraded when a configured model FAILED; per-model state and queue.", {
-            **json_ok("ServiceStatus", "The service's state."), **errors(405, 500)}, "health")},
-    "/healthz": {"get": operation("Liveness: 200 while the process runs.", {
-        **json_ok("Alive", "Alive."), **errors(405, 500)}, "health")},
-    "/readyz": {"get": operation(
-        "Readiness: 200 once every configured model is loaded and warmed.", {
-            **json_ok("Ready", "Ready."), **error(503, ("not_ready",)), **errors(405, 500)},
-        "health")},
-    "/metrics": {"get": operation("Prometheus metrics (text exposition format 0.0.4).", {
-        "200": {"description": "Metrics prefixed digits_.",
-                "content": {"text/plain": {"schema": STR}}}, **errors(405, 500)},
-        "operations")},
-    "/openapi.json": {"get": operation("This document.", {
-        "200": {"description": "OpenAPI 3.1.", "content": {JSON: {"schema": {
-            "type": "object", "required": ["openapi", "paths"]}}}}, **errors(405, 500)},
-        "operations")},
-    "/recognize": {"post": operation(
-        "Seed-compatible: {\"image\": b64} -> {\"digit\", \"probability\"} (default model).", {
-            **json_ok("Recognized", "The best class."), **errors(*PREDICT_ERRORS)}, "seed",
-        requestBody=predict_body())},
-    "/mnist/classify": {"post": operation(
-        "Seed-compatible: a raw image (or form), or JSON {\"requests\": [{\"image\": b64}]}.", {
-            "200": {"description": "One image: its class and every probability; JSON "
-                                   "requests: one class per request.",
-                    "content": {JSON: {"schema": {"oneOf": [
-                        ref("SeedClassification"), ref("SeedBatchClassification")]}}}},
-            **errors(*PREDICT_ERRORS)}, "seed",
-        requestBody={**predict_body(), "content": {
-            **predict_body()["content"], JSON: {"schema": obj(("requests",), requests=array(
-                obj(("image",), image=B64), minItems=1))}}})},
-    "/mnist/classify/{idx}": {"parameters": [MNIST_INDEX], "get": operation(
-        "Seed-compatible: classify MNIST test image idx.", {
-            **json_ok("SeedClassification", "Its class and every probability."),
-            **error(404, ("index_not_found", "not_found")), **errors(405, 500, 503, 504)},
-        "seed")},
-    "/mnist/image/{idx}": {"parameters": [MNIST_INDEX], "get": operation(
-        "Seed-compatible: MNIST test image idx as JPEG (or ?format=png).", {
-            "200": {"description": "The 28x28 image.",
-                    "content": {"image/jpeg": {"schema": BINARY},
-                                "image/png": {"schema": BINARY}}},
-            **error(400, ("bad_parameter",)), **error(404, ("index_not_found", "not_found")),
-            **errors(405, 500)}, "seed",
-        parameters=[query("format", {"enum": ["jpeg", "jpg", "png"]}, "Image format.")])},
-    "/mnist/label/{idx}": {"parameters": [MNIST_INDEX], "get": operation(
-        "Seed-compatible: the label of MNIST test image idx.", {
-            **json_ok("SeedLabel", "The label."),
-            **error(404, ("index_not_found", "not_found")), **errors(405, 500)}, "seed")},
-    "/": {"get": operation("The upload form (HTML); posts to /result.", {
-        "200": {"description": "The form.", "content": {HTML: {"schema": STR}}},
-        **errors(405, 500)}, "html")},
-    "/result": {"post": operation(
-        "The form's result page (HTML); with X-Requested-With: fetch, only the results "
-        "fragment. Errors are HTML pages with the error's status.", {
-            "200": {"description": "The results.", "content": {HTML: {"schema": STR}}},
-            **errors(400, 403, 404, 405, 413, 415, 500, 503, 504, media=HTML)}, "html",
-        requestBody={"required": True, "content": {"multipart/form-data": {"schema": obj(
-            ("image",), image=BINARY, model={"type": "string", "description":
-                                             "A model name, or 'all'."},
-            x=NUM, y=NUM)}}})},
-    "/feedback_form": {"post": operation(
-        "The result page's \"Correct?\" buttons without JavaScript: record the label of a "
-        "prediction (as POST /v1/feedback), then a thank-you page (HTML).", {
-            "200": {"description": "Thanks.", "content": {HTML: {"schema": STR}}},
-            **errors(400, 404, 405, 413, 415, 500, 503, media=HTML)}, "html",
-        requestBody={"required": True, "content": {
-            "application/x-www-form-urlencoded": {"schema": obj(
-                ("request_id",), request_id=STR,
-                label={"type": "string", "description": "\"Yes\": the predicted label."},
-                correction={"type": "string", "description": "The label chosen instead."})}}})},
-    "/static/{file}": {"parameters": [path_param("file", STR, "app.js or style.css.")],
-                       "get": operation("The form's script and style sheet.", {
-                           "200": {"description": "The file.",
-                                   "content": {"text/css": {"schema": STR},
-                                               "text/javascript": {"schema": STR}}},
-                           **error(404, ("not_found",)), **errors(405, 500)}, "html")},
-}
 
 # -- answers given before a route's handler runs ---------------------------------------------
 # With [auth] keys_file, service/web/access.py asks for a key (401) on the routes its
@@ -395,39 +260,34 @@ def add_error(responses: dict[str, Any], status: int, codes: tuple[str, ...],
     entry["description"] = f"{ERROR_WHEN[status]} Codes: {', '.join(enum)}."
 
 
-def add_access_errors(path: str, responses: dict[str, Any]) -> None:
-    # The connection guard (a request too slow to arrive, no worker free) answers any route,
-    # in JSON even on the HTML routes: no handler has run.
-    add_error(responses, 408, ERROR_CODES[408])
+def add_access_errors(route: Any, responses: dict[str, Any]) -> None:
+    """The answers of the connection guard (any route, in JSON even on the HTML routes: no
+    handler has run), of API keys and rate limits, and of CherryPy's body reading."""
+    add_error(responses, 408, ("request_timeout",))
     add_error(responses, 503, ("overloaded",))
-    policy = access.policy_for(path)
-    media = HTML if policy == access.FORM else JSON
-    keyed = policy in KEYED
-    if keyed or policy in PROTECTABLE:
-        add_error(responses, 401, ERROR_CODES[401], media)
+    media = HTML if route.policy == access.FORM else JSON
+    keyed = route.policy in KEYED
+    if keyed or route.policy in PROTECTABLE:
+        add_error(responses, 401, CODES[401], media)
     if keyed:
-        add_error(responses, 429, ERROR_CODES[429], media)
+        add_error(responses, 429, CODES[429], media)
         add_error(responses, 503, ("too_many_in_flight",), media)
 
 
-def document_access_errors(paths: dict[str, Any]) -> None:
-    """Add the answers of the connection guard, of API keys and rate limits, and of CherryPy's
-    body reading to every operation they can reach."""
-    for path, item in paths.items():
-        for method, op in item.items():
-            if method == "parameters":
-                continue
-            add_access_errors(path, op["responses"])
-            # /v1/models/... take a bodiless POST as an empty body (tools.bodiless_post)
-            if "requestBody" in op and not path.startswith("/v1/models/"):
-                add_error(op["responses"], 411, ERROR_CODES[411],
-                          HTML if access.policy_for(path) == access.FORM else JSON)
-    add_error(paths["/v1/models/{name}/reload"]["post"]["responses"], 403, ("admin_required",))
-    add_error(paths["/v1/feedback"]["post"]["responses"], 403, ("feedback_forbidden",))
-    add_error(paths["/v1/feedback"]["post"]["responses"], 503, ("feedback_pending",))
-
-
-document_access_errors(PATHS)
+def path_item(route: Any) -> dict[str, Any]:
+    """The route's OpenAPI path item: its path parameters, and one operation per method."""
+    item: dict[str, Any] = {}
+    if route.params:
+        item["parameters"] = [PATH_PARAMS[name] for name in route.params]
+    for method in route.methods:
+        op = copy.deepcopy(dict(route.operation))
+        add_access_errors(route, op["responses"])
+        # A route with tools.bodiless_post takes a bare POST as an empty body: no 411.
+        if "requestBody" in op and not route.config.get("tools.bodiless_post.on"):
+            add_error(op["responses"], 411, CODES[411], HTML if route.policy == access.FORM
+                      else JSON)
+        item[method.lower()] = op
+    return item
 
 
 DESCRIPTION = """Send an image with one handwritten digit; get back which digit it is, with
@@ -436,12 +296,12 @@ Content-Type. Every error has the same shape, `{"error": {"code", "message"}}`, 
 status that says whose fault it was."""
 
 
-@functools.lru_cache(maxsize=1)
-def document() -> dict[str, Any]:
+def build_document(routes: Iterable[Any]) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of ``routes`` (the route table's rows)."""
     return {
         "openapi": "3.1.0",
         "info": {"title": "digits", "version": "1", "description": DESCRIPTION},
-        "paths": PATHS,
+        "paths": {route.template: path_item(route) for route in routes},
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {
@@ -453,6 +313,5 @@ def document() -> dict[str, Any]:
     }
 
 
-@functools.lru_cache(maxsize=1)
-def document_bytes() -> bytes:
-    return json.dumps(document(), separators=(",", ":")).encode()
+def document_bytes(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, separators=(",", ":")).encode()

@@ -1,56 +1,36 @@
-"""CherryPy engine plugins: the model registry's life follows the engine's."""
+"""CherryPy engine plugins: the registry's, the input log's and the log writer's lives follow
+the engine's."""
 from __future__ import annotations
 
 import logging
 
 from cherrypy.process.plugins import SimplePlugin
 
-from ..models.registry import ModelRegistry
-
 log = logging.getLogger("service.web")
 
 
-class ModelPlugin(SimplePlugin):
-    """Loads the models after the Daemonizer forks (65) and before the HTTP server binds (75).
+class LifecyclePlugin(SimplePlugin):
+    """Starts a long-lived part (the model registry, the input log's writer) after the
+    Daemonizer forks (65) and before the HTTP server binds (75) -- TensorFlow sessions and
+    threads do not survive a fork, so TensorFlow is first imported here, in the process that
+    will serve -- and stops it after the HTTP server's stop (25), so requests in flight
+    finish on live pools and everything they queued is written before exit."""
 
-    TensorFlow is first imported here, in the process that will serve: TF sessions and
-    their threads do not survive a fork. Stop runs after the HTTP server's (25), so requests
-    in flight finish on live pools before the pools close.
-    """
-
-    def __init__(self, bus, registry: ModelRegistry):
+    def __init__(self, bus, part, stopping: str):
         super().__init__(bus)
-        self.registry = registry
+        self.part = part
+        self.stopping = stopping  # what the log says at stop
 
     def start(self) -> None:
-        self.registry.start()
+        self.part.start()
 
     start.priority = 72
 
     def stop(self) -> None:
-        log.info("stopping model pools")
-        self.registry.stop()
+        log.info(self.stopping)
+        self.part.stop()
 
-
-class InputLogPlugin(SimplePlugin):
-    """Starts the input log's writer before the HTTP server binds (75) -- after the daemon
-    fork (65), as threads do not survive a fork -- and stops it after the HTTP server (25)
-    has finished its requests, so everything they queued is written before exit."""
-
-    def __init__(self, bus, inputlog):
-        super().__init__(bus)
-        self.inputlog = inputlog
-
-    def start(self) -> None:
-        self.inputlog.start()
-
-    start.priority = 72
-
-    def stop(self) -> None:
-        log.info("flushing the input log")
-        self.inputlog.stop()
-
-    stop.priority = 50  # after the HTTP server's stop (25): no new predictions can arrive
+    stop.priority = 50
 
 
 class LogWriterPlugin(SimplePlugin):

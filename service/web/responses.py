@@ -1,7 +1,14 @@
-"""The one place where errors become HTTP responses, and where JSON is written."""
+"""The one place where handler results and errors become HTTP responses.
+
+``tools.answer`` wraps every handler once (before_handler): a dict result is written as
+JSON, bytes as they are; a ``ServiceError`` -- from the handler, or from a refusal that
+``tools.access`` put in the handler's place -- is rendered in the route's own format (its
+``Answer``: JSON for the API, the HTML page for the form), and so is any unexpected
+exception, logged with its traceback and answered 500 ``internal_error`` without details.
+CherryPy's own HTTP errors go to the route's ``error_page`` instead.
+"""
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from typing import Any, Callable
@@ -9,25 +16,16 @@ from typing import Any, Callable
 import cherrypy
 import cherrypy._cperror
 
-
-from ..errors import ServiceError
+from ..errors import ServiceError, http_code
 
 log = logging.getLogger("service.web")
 
-# Codes for the errors CherryPy raises itself (unknown route, wrong method, body too large...).
-HTTP_CODES = {
-    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-    405: "method_not_allowed", 408: "request_timeout", 411: "length_required",
-    413: "body_too_large", 414: "uri_too_long", 415: "unsupported_media_type",
-    500: "internal_error", 501: "not_implemented", 503: "unavailable",
-    505: "http_version_not_supported",
-}
 MESSAGES = {
     404: "There is nothing at this URL.",
     413: "The request body is larger than the server accepts.",
     500: "The server hit an unexpected error; it has been logged.",
 }
-
+INTERNAL_ERROR = ServiceError(MESSAGES[500], "internal_error")
 
 # CherryPy pads short error pages with spaces for old Internet Explorer; that would leave
 # trailing junk after our JSON error bodies.
@@ -44,31 +42,67 @@ def error_payload(code: str, message: str) -> dict:
     return {"error": {"code": code, "message": message}}
 
 
-def json_endpoint(handler: Callable) -> Callable:
-    """Serialise the handler's dict as JSON; turn a ServiceError into its status and body."""
-
-    @functools.wraps(handler)
-    def wrapper(*args, **kwargs):
-        try:
-            return json_bytes(handler(*args, **kwargs))
-        except ServiceError as exc:
-            return service_error_response(exc)
-
-    return wrapper
-
-
 def note_error(code: str) -> None:
     """Remember the error code of this response, for the metrics and the access log."""
     cherrypy.serving.request.error_code = code
 
 
+def log_server_error(status: int, code: str, message: str) -> None:
+    """Our 5xx answers are logged (a client's 4xx is the access log's business)."""
+    if status >= 500:
+        log.warning("%s %s -> %d %s: %s", cherrypy.request.method, cherrypy.request.path_info,
+                    status, code, message)
+
+
 def service_error_response(exc: ServiceError) -> bytes:
+    """The JSON answer to ``exc``: its status, headers and ``{"error": {code, message}}``."""
     note_error(exc.code)
     cherrypy.response.headers.update(exc.headers)
-    if exc.status >= 500:
-        log.warning("%s %s -> %d %s: %s", cherrypy.request.method, cherrypy.request.path_info,
-                    exc.status, exc.code, exc.message)
+    log_server_error(exc.status, exc.code, exc.message)
     return json_bytes(exc.to_dict(), exc.status)
+
+
+def answer(handler: Callable[[], Any]) -> Any:
+    """Call ``handler``; its result or its error, as the route answers (see the docstring)."""
+    try:
+        result = handler()
+    except ServiceError as exc:
+        return cherrypy.serving.request.answer.render_error(exc)
+    except (cherrypy.HTTPError, cherrypy.HTTPRedirect, cherrypy.NotFound):
+        raise
+    except Exception:
+        log.error("unhandled error on %s %s", cherrypy.request.method,
+                  cherrypy.request.path_info, exc_info=True)
+        return cherrypy.serving.request.answer.render_error(INTERNAL_ERROR)
+    return result if isinstance(result, (bytes, str)) or result is None else json_bytes(result)
+
+
+class AnswerTool(cherrypy.Tool):
+    """``tools.answer``: wraps the request's handler, whichever put it there, in ``answer``.
+
+    Priority 40: after ``tools.access``'s form-key check (30), which may replace the handler
+    by a refusal, and before staticdir (50), which serves a file in the handler's place.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("before_handler", self._wrap, name="answer", priority=40)
+
+    @staticmethod
+    def _wrap() -> None:
+        request = cherrypy.serving.request
+        handler = request.handler
+        if handler is not None:
+            request.handler = lambda: answer(handler)
+
+
+cherrypy.tools.answer = AnswerTool()
+
+
+def raising(exc: ServiceError) -> Callable[[], Any]:
+    """A handler that raises ``exc``: a refusal answered like any handler's error."""
+    def refuse() -> Any:
+        raise exc
+    return refuse
 
 
 def error_page(status: str, message: str, traceback: str, version: str) -> str:
@@ -76,12 +110,12 @@ def error_page(status: str, message: str, traceback: str, version: str) -> str:
     code = int(str(status).split()[0])
     cherrypy.response.headers["Content-Type"] = "application/json"
     text = str(message) if code == 413 else MESSAGES.get(code) or str(message)
-    note_error(HTTP_CODES.get(code, f"http_{code}"))
-    return json.dumps(error_payload(HTTP_CODES.get(code, f"http_{code}"), text))
+    note_error(http_code(code))
+    return json.dumps(error_payload(http_code(code), text))
 
 
 def unexpected_error() -> None:
-    """request.error_response: log the traceback, answer a bare 500 with no details."""
+    """request.error_response, outside any handler (a hook failed): a bare 500, logged."""
     log.error("unhandled error on %s %s", cherrypy.request.method, cherrypy.request.path_info,
               exc_info=True)
     note_error("internal_error")
@@ -90,12 +124,3 @@ def unexpected_error() -> None:
     response.headers["Content-Type"] = "application/json"
     response.body = json.dumps(error_payload("internal_error", MESSAGES[500])).encode()
     response.headers.pop("Content-Length", None)
-
-
-def require_method(*allowed: str) -> None:
-    """405 with ``Allow`` unless the request uses one of ``allowed`` (HEAD rides on GET)."""
-    method = cherrypy.request.method
-    if method in allowed or (method == "HEAD" and "GET" in allowed):
-        return
-    cherrypy.response.headers["Allow"] = ", ".join(allowed)
-    raise cherrypy.HTTPError(405, f"Use {' or '.join(allowed)} for this URL.")

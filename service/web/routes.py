@@ -1,34 +1,167 @@
-"""Route templates: the one name of each route, for metrics, logs and access policies.
+"""THE route table: every route declared once, with its methods, handler, access policy,
+answer format and OpenAPI operation.
 
-``/mnist/label/123`` and ``/v1/models/<name>/predict`` must not make one time series (or
-one policy entry) per index or name.
+The dispatcher (``dispatch.TableDispatcher``), the metrics' route templates, the access
+policies and ``/openapi.json`` are all read from ``ROUTES``: adding a route is adding a row.
 """
 from __future__ import annotations
 
-import re
+from ..errors import NotFound
+from . import admin, api, compat, observability, ui
+from .access import ADMIN, FORM, HEALTH, KEY, METRICS, OPEN, unmatched_policy
+from .dispatch import Answer, Route, RouteTable
+from .feedback import feedback
+from .openapi import (ADMIN_TOKEN, B64, BINARY, HTML, JSON, NUM, OPTION_PARAMS,
+                      PREDICT_ERRORS, STR, array, build_document, error, errors, json_ok, obj,
+                      operation, predict_body, query, ref)
 
-# Route templates, so that /mnist/label/123 and /v1/models/<name>/predict do not make one
-# time series per index or name. Anything else is "unmatched" (unknown URLs, probes).
-EXACT_ROUTES = frozenset({
-    "/", "/result", "/status", "/healthz", "/readyz", "/metrics", "/openapi.json",
-    "/recognize", "/mnist/classify", "/v1/models", "/v1/predict", "/v1/feedback",
-    "/feedback_form",
-})
-PATTERN_ROUTES = (
-    (re.compile(r"/v1/models/[^/]+"), "/v1/models/{name}"),
-    (re.compile(r"/v1/models/[^/]+/(predict|reload)"), "/v1/models/{name}/\\1"),
-    (re.compile(r"/mnist/(image|label|classify)/[^/]+"), "/mnist/\\1/{idx}"),
-    (re.compile(r"/static/.+"), "/static/{file}"),
+HTML_ANSWER = Answer(ui.render_error, ui.html_error_page)  # the form's routes: HTML pages
+BODILESS_POST = {"tools.bodiless_post.on": True}  # a bare POST .../reload is not a 411
+
+
+def _not_found(app, /, **_) -> None:
+    """What a path under /static answers when staticdir had no file for it."""
+    raise NotFound("There is nothing at this URL.", "not_found")
+
+
+ROUTES = (
+    # -- the API -----------------------------------------------------------------------------
+    Route("/v1/models", ("GET",), api.list_models, KEY, operation(
+        "Served models: state, input, labels, accuracy.", {
+            **json_ok("ModelList", "Every configured model."), **errors(405, 500)}, "models")),
+    Route("/v1/models/{name}", ("GET",), api.get_model, KEY, operation(
+        "One model's manifest-derived metadata, layers, pool settings and versions.", {
+            **json_ok("ModelDetails", "The model."), **errors(404, 405, 500)}, "models")),
+    Route("/v1/models/{name}/predict", ("POST",), api.predict_one, KEY, operation(
+        "Classify one or more images with one model.", {
+            **json_ok("ModelPrediction", "One prediction per image, in order; the "
+                                         "X-Request-ID header echoes request_id."),
+            **errors(*PREDICT_ERRORS)}, "predict", parameters=OPTION_PARAMS,
+        requestBody=predict_body()), config=BODILESS_POST),
+    Route("/v1/models/{name}/reload", ("POST",), admin.reload, ADMIN, operation(
+        "Admin: load the newest version (or pin {\"version\": N}, a rollback) beside the "
+        "serving one and swap it in once warmed and through the QA gate.", {
+            **json_ok("ReloadResult", "The model as it now serves."),
+            **error(400), **error(401),
+            **error(403, ("forbidden", "admin_disabled", "admin_required")),
+            **error(404, ("model_not_found", "not_found")), **errors(405, 409, 500),
+            **error(503, ("model_unavailable", "unavailable"))}, "admin",
+        security=ADMIN_TOKEN,
+        requestBody={"required": False, "content": {JSON: {"schema": ref("ReloadRequest")}}}),
+        config=BODILESS_POST),
+    Route("/v1/predict", ("POST",), api.predict_many, KEY, operation(
+        "The same images through every available model (or ?models=a,b), concurrently.", {
+            **json_ok("MultiPrediction", "Each model's prediction, by model name."),
+            **errors(*PREDICT_ERRORS)}, "predict",
+        parameters=[query("models", STR, "Comma-separated model names (default: every "
+                                         "available model)."), *OPTION_PARAMS],
+        requestBody=predict_body())),
+    Route("/v1/feedback", ("POST",), feedback, KEY, operation(
+        "Record the true label of an earlier prediction, for the next training run.", {
+            **json_ok("FeedbackResult", "The label was recorded on `updated` records."),
+            **error(400), **error(403, ("feedback_forbidden",)),
+            **error(404, ("request_not_found", "feedback_disabled", "not_found")),
+            **errors(405, 413, 415, 500),
+            **error(503, ("labels_unavailable", "inputlog_unavailable", "feedback_pending"))},
+        "feedback",
+        requestBody={"required": True, "content": {JSON: {"schema": ref("FeedbackRequest")}}})),
+    # -- health and operations ---------------------------------------------------------------
+    Route("/status", ("GET",), api.service_status, HEALTH, operation(
+        "ok, or degraded when a configured model FAILED; per-model state and queue.", {
+            **json_ok("ServiceStatus", "The service's state."), **errors(405, 500)}, "health")),
+    Route("/healthz", ("GET",), api.healthz, HEALTH, operation(
+        "Liveness: 200 while the process runs.", {
+            **json_ok("Alive", "Alive."), **errors(405, 500)}, "health")),
+    Route("/readyz", ("GET",), api.readyz, HEALTH, operation(
+        "Readiness: 200 once every configured model is loaded and warmed.", {
+            **json_ok("Ready", "Ready."), **error(503, ("not_ready",)), **errors(405, 500)},
+        "health")),
+    Route("/metrics", ("GET",), observability.metrics, METRICS, operation(
+        "Prometheus metrics (text exposition format 0.0.4).", {
+            "200": {"description": "Metrics prefixed digits_.",
+                    "content": {"text/plain": {"schema": STR}}}, **errors(405, 500)},
+        "operations")),
+    Route("/openapi.json", ("GET",), observability.openapi_json, OPEN, operation(
+        "This document.", {
+            "200": {"description": "OpenAPI 3.1.", "content": {JSON: {"schema": {
+                "type": "object", "required": ["openapi", "paths"]}}}}, **errors(405, 500)},
+        "operations")),
+    # -- the earlier digit services' routes --------------------------------------------------
+    Route("/recognize", ("POST",), compat.recognize, KEY, operation(
+        "Seed-compatible: {\"image\": b64} -> {\"digit\", \"probability\"} (default model).", {
+            **json_ok("Recognized", "The best class."), **errors(*PREDICT_ERRORS)}, "seed",
+        requestBody=predict_body())),
+    Route("/mnist/classify", ("POST",), compat.mnist_classify, KEY, operation(
+        "Seed-compatible: a raw image (or form), or JSON {\"requests\": [{\"image\": b64}]}.", {
+            "200": {"description": "One image: its class and every probability; JSON "
+                                   "requests: one class per request.",
+                    "content": {JSON: {"schema": {"oneOf": [
+                        ref("SeedClassification"), ref("SeedBatchClassification")]}}}},
+            **errors(*PREDICT_ERRORS)}, "seed",
+        requestBody={**predict_body(), "content": {
+            **predict_body()["content"], JSON: {"schema": obj(("requests",), requests=array(
+                obj(("image",), image=B64), minItems=1))}}})),
+    Route("/mnist/classify/{idx}", ("GET",), compat.mnist_classify_index, KEY, operation(
+        "Seed-compatible: classify MNIST test image idx.", {
+            **json_ok("SeedClassification", "Its class and every probability."),
+            **error(404, ("index_not_found", "not_found")), **errors(405, 500, 503, 504)},
+        "seed")),
+    Route("/mnist/image/{idx}", ("GET",), compat.mnist_image, OPEN, operation(
+        "Seed-compatible: MNIST test image idx as JPEG (or ?format=png).", {
+            "200": {"description": "The 28x28 image.",
+                    "content": {"image/jpeg": {"schema": BINARY},
+                                "image/png": {"schema": BINARY}}},
+            **error(400, ("bad_parameter",)), **error(404, ("index_not_found", "not_found")),
+            **errors(405, 500)}, "seed",
+        parameters=[query("format", {"enum": ["jpeg", "jpg", "png"]}, "Image format.")])),
+    Route("/mnist/label/{idx}", ("GET",), compat.mnist_label, OPEN, operation(
+        "Seed-compatible: the label of MNIST test image idx.", {
+            **json_ok("SeedLabel", "The label."),
+            **error(404, ("index_not_found", "not_found")), **errors(405, 500)}, "seed")),
+    # -- the tester's pages ------------------------------------------------------------------
+    Route("/", ("GET",), ui.index, OPEN, operation(
+        "The upload form (HTML); posts to /result.", {
+            "200": {"description": "The form.", "content": {HTML: {"schema": STR}}},
+            **errors(405, 500)}, "html")),
+    Route("/result", ("POST",), ui.result, FORM, operation(
+        "The form's result page (HTML); with X-Requested-With: fetch, only the results "
+        "fragment. Errors are HTML pages with the error's status.", {
+            "200": {"description": "The results.", "content": {HTML: {"schema": STR}}},
+            **errors(400, 403, 404, 405, 413, 415, 500, 503, 504, media=HTML)}, "html",
+        requestBody={"required": True, "content": {"multipart/form-data": {"schema": obj(
+            ("image",), image=BINARY, model={"type": "string", "description":
+                                             "A model name, or 'all'."},
+            x=NUM, y=NUM)}}}), HTML_ANSWER),
+    Route("/feedback_form", ("POST",), ui.feedback_form, FORM, operation(
+        "The result page's \"Correct?\" buttons without JavaScript: record the label of a "
+        "prediction (as POST /v1/feedback), then a thank-you page (HTML).", {
+            "200": {"description": "Thanks.", "content": {HTML: {"schema": STR}}},
+            **errors(400, 404, 405, 413, 415, 500, 503, media=HTML)}, "html",
+        requestBody={"required": True, "content": {
+            "application/x-www-form-urlencoded": {"schema": obj(
+                ("request_id",), request_id=STR,
+                label={"type": "string", "description": "\"Yes\": the predicted label."},
+                correction={"type": "string",
+                            "description": "The label chosen instead."})}}}), HTML_ANSWER),
+    Route("/static/{file:.+}", ("GET",), _not_found, OPEN, operation(
+        "The form's script and style sheet.", {
+            "200": {"description": "The file.",
+                    "content": {"text/css": {"schema": STR}, "text/javascript": {"schema": STR}}},
+            **error(404, ("not_found",)), **errors(405, 500)}, "html")),
 )
-UNMATCHED = "unmatched"
+TABLE = RouteTable(ROUTES)
 
 
 def route_template(path: str) -> str:
-    path = path.rstrip("/") or "/"
-    if path in EXACT_ROUTES:
-        return path
-    for pattern, template in PATTERN_ROUTES:
-        match = pattern.fullmatch(path)
-        if match:
-            return match.expand(template)
-    return UNMATCHED
+    """``/mnist/label/123`` -> ``/mnist/label/{idx}``; ``unmatched`` for any other path."""
+    return TABLE.template(path)
+
+
+def openapi_document() -> dict:
+    """The OpenAPI document of the table, as ``GET /openapi.json`` serves it."""
+    return build_document(ROUTES)
+
+
+def policy_for(path: str) -> str:
+    matched = TABLE.match(path)
+    return matched[0].policy if matched else unmatched_policy(path)

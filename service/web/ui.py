@@ -17,13 +17,13 @@ from markupsafe import escape
 
 from ..config import REPO_ROOT
 from ..dataplane import Instance, ModelResult
-from ..errors import InvalidInput, ServiceError
+from ..errors import InvalidInput, ServiceError, http_code
 from ..models import preprocess
 from ..models.registry import ModelState
 from .api import request_context
 from .bodies import check_image_bytes, instance_from_options
 from .feedback import current_caller, feedback_fields, require_inputlog
-from .responses import HTTP_CODES, note_error, require_method
+from .responses import log_server_error, note_error
 
 log = logging.getLogger("service.web")
 
@@ -93,11 +93,6 @@ def _form_key() -> str:
     return getattr(cherrypy.serving.request, "form_api_key", "")
 
 
-def form_error(root: Any, exc: ServiceError) -> bytes:
-    """A refusal by tools.access (no key, bad key, rate limit) as the HTML result page."""
-    return _error_response(root, exc.status, exc.code, exc.message, exc.headers)
-
-
 def _result_view(result: ModelResult, labels: list[str] | None = None) -> dict[str, Any]:
     best = result.predictions[0]
     array = result.inputs[0]
@@ -132,9 +127,9 @@ def _wants_fragment() -> bool:
     return cherrypy.request.headers.get(FRAGMENT_HEADER, "").strip().lower() == FRAGMENT_VALUE
 
 
-def _page_context(root: Any) -> dict[str, Any]:
-    statuses = root.registry.statuses()
-    max_bytes = root.predictor.limits.max_body_bytes
+def _page_context(app: Any) -> dict[str, Any]:
+    statuses = app.registry.statuses()
+    max_bytes = app.predictor.limits.max_body_bytes
     return {
         "models": [{"name": s.name, "version": s.version}
                    for s in statuses if s.state is ModelState.AVAILABLE],
@@ -145,53 +140,51 @@ def _page_context(root: Any) -> dict[str, Any]:
     }
 
 
-def _render(root: Any, template: str, fragment: bool, **context: Any) -> str:
+def _render(app: Any, template: str, fragment: bool, **context: Any) -> str:
     context.setdefault("results", [])
     context.setdefault("error", None)
     context.setdefault("filename", "")
     context.setdefault("form", {"model": "all", "x": "", "y": "", "api_key": _form_key()})
-    context["needs_key"] = root.access.form_needs_key()
+    context["needs_key"] = app.access.form_needs_key()
     context.setdefault("request_id", None)
     # The fragment goes into a page whose script sends feedback; a full page posts a form.
-    context.setdefault("feedback", getattr(root, "inputlog", None) is not None)
+    context.setdefault("feedback", app.inputlog is not None)
     context["fragment"] = fragment
     if fragment:
         return TEMPLATES.get_template("_result.html").render(**context)
-    return TEMPLATES.get_template(template).render(**_page_context(root), **context)
+    return TEMPLATES.get_template(template).render(**_page_context(app), **context)
 
 
-def _respond(root: Any, template: str, fragment: bool | None = None, **context: Any) -> bytes:
+def _respond(app: Any, template: str, fragment: bool | None = None, **context: Any) -> bytes:
     fragment = _wants_fragment() if fragment is None else fragment
     headers = cherrypy.response.headers
     headers["Content-Type"] = "text/html; charset=utf-8"
     if template != "index.html":
         headers["Vary"] = FRAGMENT_HEADER
         headers["Cache-Control"] = "no-store"
-    return _render(root, template, fragment, **context).encode("utf-8")
+    return _render(app, template, fragment, **context).encode("utf-8")
 
 
-def _error_response(root: Any, status: int, code: str, message: str,
+def _error_response(app: Any, status: int, code: str, message: str,
                     headers: dict | None = None, form: dict | None = None) -> bytes:
     note_error(code)
     cherrypy.response.status = status
     cherrypy.response.headers.update(headers or {})
-    if status >= 500:
-        log.warning("%s %s -> %d %s: %s", cherrypy.request.method, cherrypy.request.path_info,
-                    status, code, message)
+    log_server_error(status, code, message)
     title = ERROR_TITLES.get(code) or ERROR_TITLES.get(status, "Something went wrong")
     error = {"status": status, "code": code, "message": message, "title": title}
     context = {"error": error}
     if form:
         context["form"] = form
-    return _respond(root, "result.html", **context)
+    return _respond(app, "result.html", **context)
 
 
 def html_error_page(status: str, message: str, traceback: str = "", version: str = "") -> str:
     """``error_page.default`` for /result: CherryPy's HTTP errors as the HTML result page."""
     code = int(str(status).split()[0])
     try:
-        root = cherrypy.request.app.root
-        limit = root.predictor.limits.max_body_bytes
+        app = cherrypy.request.app.root
+        limit = app.predictor.limits.max_body_bytes
         text = {
             405: "This page shows the result of an upload: choose an image below and press "
                  "Recognize.",
@@ -199,7 +192,7 @@ def html_error_page(status: str, message: str, traceback: str = "", version: str
                  "choose a smaller image.",
             500: "The server hit an unexpected error; it has been logged.",
         }.get(code) or str(message)
-        body = _error_response(root, code, HTTP_CODES.get(code, f"http_{code}"), text)
+        body = _error_response(app, code, http_code(code), text)
         return body.decode("utf-8")
     except Exception:  # never let the error page itself fail
         log.error("the HTML error page failed", exc_info=True)
@@ -220,52 +213,40 @@ def _human_bytes(size: int) -> str:
     return f"{value:,.1f}".rstrip("0").rstrip(".") + f" {unit}"
 
 
-class UiRoutes:
-    """``/`` and ``/result``, mixed into the root object (which provides the attributes)."""
+# -- handlers (routes.py says which path and method each serves) -------------------------
+def index(app: Any, /, **_: Any) -> bytes:
+    return _respond(app, "index.html", fragment=False)
 
-    registry: Any
-    plane: Any
-    predictor: Any
 
-    @cherrypy.expose
-    def index(self):
-        require_method("GET")
-        return _respond(self, "index.html", fragment=False)
+def result(app: Any, /, image: Any = None, x: Any = None, y: Any = None, model: Any = "all",
+           **_: Any) -> bytes:
+    """POST /result: the upload's predictions as the page (or its fragment)."""
+    form = cherrypy.serving.request.form_values = _form_values(model, x, y)
+    instance = _upload_instance(image, x, y, app.predictor.limits.max_image_bytes)
+    if not isinstance(model, str):
+        raise InvalidInput("Choose one model, or all models.", "bad_parameter")
+    names = None if model in ("", "all") else [model]
+    # top_k=None: the plane's default, the top 5 (or every label, for fewer than 5).
+    context = request_context()
+    results = app.plane.predict(names, [instance], top_k=None, context=context)
+    views = [_result_view(r, _labels(app.registry, r.model)) for r in results.values()]
+    return _respond(app, "result.html", results=views, form=form,
+                    filename=getattr(image, "filename", None) or "",
+                    request_id=context.request_id)
 
-    @cherrypy.expose
-    def result(self, image=None, x=None, y=None, model="all", **_):
-        require_method("POST")
-        form = _form_values(model, x, y)
-        try:
-            instance = _upload_instance(image, x, y, self.predictor.limits.max_image_bytes)
-            if not isinstance(model, str):
-                raise InvalidInput("Choose one model, or all models.", "bad_parameter")
-            names = None if model in ("", "all") else [model]
-            # top_k=None: the plane's default, the top 5 (or every label, for fewer than 5).
-            context = request_context()
-            results = self.plane.predict(names, [instance], top_k=None, context=context)
-        except ServiceError as exc:
-            return _error_response(self, exc.status, exc.code, exc.message, exc.headers, form)
-        views = [_result_view(r, _labels(self.registry, r.model)) for r in results.values()]
-        return _respond(self, "result.html", results=views, form=form,
-                        filename=getattr(image, "filename", None) or "",
-                        request_id=context.request_id)
 
-    # CherryPy's own errors on this route (413 body too large, 405, a malformed multipart
-    # body) are shown as HTML too: a handler's config is merged after the app's "/" config.
-    result._cp_config = {"error_page.default": html_error_page}
+def feedback_form(app: Any, /, request_id: Any = None, label: Any = None,
+                  correction: Any = None, **_: Any) -> bytes:
+    """The "Correct?" buttons without JavaScript: record the label, then say thanks."""
+    chosen = label or correction  # "Yes" sends the predicted label; "Send" the chosen one
+    answer = require_inputlog(app.inputlog).feedback(
+        **feedback_fields({"request_id": request_id, "label": chosen}),
+        caller=current_caller())
+    return _respond(app, "feedback.html", fragment=False, answer=answer)
 
-    @cherrypy.expose
-    def feedback_form(self, request_id=None, label=None, correction=None, **_):
-        """The "Correct?" buttons without JavaScript: record the label, then say thanks."""
-        require_method("POST")
-        chosen = label or correction  # "Yes" sends the predicted label; "Send" the chosen one
-        try:
-            answer = require_inputlog(getattr(self, "inputlog", None)).feedback(
-                **feedback_fields({"request_id": request_id, "label": chosen}),
-                caller=current_caller())
-        except ServiceError as exc:
-            return _error_response(self, exc.status, exc.code, exc.message, exc.headers)
-        return _respond(self, "feedback.html", fragment=False, answer=answer)
 
-    feedback_form._cp_config = {"error_page.default": html_error_page}
+def render_error(exc: ServiceError) -> bytes:
+    """A ServiceError on a form route, as the HTML result page (the form filled in again)."""
+    app = cherrypy.request.app.root
+    form = getattr(cherrypy.serving.request, "form_values", None)
+    return _error_response(app, exc.status, exc.code, exc.message, exc.headers, form)

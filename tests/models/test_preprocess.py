@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import struct
 import sys
 import time
@@ -22,13 +23,10 @@ from service.errors import (
     ServiceError,
     UnsupportedMediaType,
 )
-from service.models import preprocess as preprocess_module
+from service.models import preprocess as preprocess_package
 from service.models.datasets import load_mnist
 from service.models.preprocess import (
-    BLOCK_BUDGET,
-    BLOCK_BUDGET_BYTES,
     DEFAULT_MAX_FRAMES,
-    MAX_TIFF_TAGS,
     ORIGINAL_SIZE_KEY,
     SUPPORTED_FORMATS,
     PreprocessSpec,
@@ -39,6 +37,7 @@ from service.models.preprocess import (
     to_model_input,
     to_png,
 )
+from service.models.preprocess.containers import BLOCK_BUDGET, BLOCK_BUDGET_BYTES, MAX_TIFF_TAGS
 
 EXIF_ORIENTATION = 0x0112
 RGB_SPEC = PreprocessSpec(kind="resize", width=9, height=9, color="rgb", crop_fraction=0.8)
@@ -583,9 +582,10 @@ def refused(data: bytes, **limits) -> ServiceError:
     return info.value
 
 
-# The walkers' cost is counted, not timed: in lines of preprocess.py run, a few per block of
-# their budget (7-8 today), whatever the machine's speed.
+# The walkers' cost is counted, not timed: in lines of the preprocess package run, a few per
+# block of their budget (7-8 today), whatever the machine's speed.
 STEPS_PER_BLOCK = 16
+PACKAGE_DIR = os.path.dirname(preprocess_package.__file__)
 
 
 def block_budget(data: bytes) -> int:
@@ -598,20 +598,20 @@ class TooManySteps(BaseException):
 
 
 class PythonSteps:
-    """Counts the lines of service/models/preprocess.py run inside ``with``; past ``cap`` it
+    """Counts the lines of service/models/preprocess/ run inside ``with``; past ``cap`` it
     stops the code under test, so a walker that would loop for ever fails too."""
 
     def __init__(self, cap: int):
         self.cap, self.count = cap, 0
 
     def _call(self, frame, event, arg):
-        return self._line if frame.f_code.co_filename == preprocess_module.__file__ else None
+        return self._line if os.path.dirname(frame.f_code.co_filename) == PACKAGE_DIR else None
 
     def _line(self, frame, event, arg):
         if event == "line":
             self.count += 1
             if self.count > self.cap:
-                raise TooManySteps(f"more than {self.cap} lines of preprocess.py")
+                raise TooManySteps(f"more than {self.cap} lines of the preprocess package")
         return self._line
 
     def __enter__(self) -> "PythonSteps":

@@ -11,8 +11,9 @@ import pytest
 from service.errors import ModelLoadError, NotFound, Unavailable
 from service.models import store
 from service.models.manifest import Manifest, read_manifest
-from service.models.registry import ModelConfig, ModelRegistry, ModelState, load_version
-from service.models.session_pool import PoolSettings
+from service.config import ModelConfig, PoolSettings
+from service.models.loader import load_version
+from service.models.registry import ModelRegistry, ModelState
 
 REPO = Path(__file__).resolve().parents[2]
 GRAPHS = REPO / "graphs"

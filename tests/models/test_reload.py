@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from model_versions import NAME, build_version, publish_local
+from support import wait_for
 from service.errors import NotFound, ReloadFailed, Unavailable
-from service.models.registry import ModelConfig, ModelRegistry, ModelState
-from service.models.session_pool import PoolSettings
+from service.config import ModelConfig, PoolSettings
+from service.models.registry import ModelRegistry, ModelState
 from service.models.store import S3Store
 from service.models.publish import S3Location, publish
 
@@ -32,13 +33,6 @@ def registry(graphs):
     registry.start()
     yield registry
     registry.stop()
-
-
-def wait_for(predicate, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_reload_swaps_and_retires_the_old_version_after_its_leases(registry, graphs):

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from service.config import PoolSettings
 from service.errors import DeadlineExceeded, Overloaded, Unavailable
 from service.models import datasets, store
 from service.models.graph import import_graph, parse_graph_def
 from service.models.manifest import read_manifest
-from service.models.session_pool import PoolSettings, SessionPool
+from service.models.session_pool import SessionPool
 from support import wait_for
 
 GRAPHS = Path(__file__).resolve().parents[2] / "graphs"

@@ -14,7 +14,7 @@ import sys
 import pytest
 import requests
 
-from service.api_keys import KeyLimits, add_key, revoke_key
+from service.access.keys import add_key, revoke_key
 from support import FIXTURES, REPO, ServerProcess, read_by_server, wait_for
 
 IMAGE = (FIXTURES / "digit7_28.png").read_bytes()
@@ -36,9 +36,9 @@ def keyed_server(tmp, extra: str = "") -> tuple[ServerProcess, dict[str, str]]:
     keys = {
         "user": add_key(path, "user")[1],
         "admin": add_key(path, "admin", admin=True)[1],
-        "slow": add_key(path, "slow", limits=KeyLimits(requests_per_s=1, requests_burst=2))[1],
-        "few": add_key(path, "few", limits=KeyLimits(images_per_s=0.5, images_burst=4))[1],
-        "one": add_key(path, "one", limits=KeyLimits(max_in_flight=1))[1],
+        "slow": add_key(path, "slow", limits={"requests_per_s": 1, "requests_burst": 2})[1],
+        "few": add_key(path, "few", limits={"images_per_s": 0.5, "images_burst": 4})[1],
+        "one": add_key(path, "one", limits={"max_in_flight": 1})[1],
     }
     config = (f'[service]\nmodels = ["digits-cnn"]\n[auth]\nkeys_file = "{path}"\n{extra}')
     proc = ServerProcess(tmp, config, ready_headers=bearer(keys["user"])).start()

@@ -151,7 +151,7 @@ def test_plain_form_post_without_javascript(browser, expect, server, tmp_path):
 @pytest.fixture(scope="module")
 def keyed_server(tmp_path_factory):
     """A server whose form needs an API key (yields its URL and a user key)."""
-    from service.api_keys import add_key
+    from service.access.keys import add_key
     from support import ServerProcess
 
     tmp = tmp_path_factory.mktemp("browser-keys")

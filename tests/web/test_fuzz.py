@@ -36,7 +36,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from service.config import ServiceSettings
-from service.web.openapi import document
+from service.web.routes import openapi_document as document
 from fuzzing import DATABASE, SEED, fuzz_settings, mutated_image, seeded
 from support import FIXTURES
 

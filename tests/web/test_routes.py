@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.web.access import ADMIN, FORM, HEALTH, KEY, METRICS, OPEN, policy_for
-from service.web.routes import route_template
+from service.web.access import ADMIN, FORM, HEALTH, KEY, METRICS, OPEN
+from service.web.routes import ROUTES, policy_for, route_template
 
 
 @pytest.mark.parametrize("path, template", [
@@ -29,3 +29,9 @@ def test_route_templates_bound_label_cardinality(path, template):
 ])
 def test_each_route_has_one_access_policy(path, policy):
     assert policy_for(path) == policy
+
+
+def test_each_route_is_declared_once():
+    templates = [(route.template, method) for route in ROUTES for method in route.methods]
+    assert len(templates) == len(set(templates))
+    assert len({route.template for route in ROUTES}) == len(ROUTES)

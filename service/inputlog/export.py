@@ -21,12 +21,12 @@ from typing import Iterable
 
 import numpy as np
 
-from . import inputlog_db as db
-from .blobstore import BlobStore, BlobStoreError
-from .errors import DatasetError, InvalidInput, ServiceError
-from .models import datasets
-from .models.manifest import read_manifest
-from .models.preprocess import PreprocessSpec, preprocess
+from ..blobstore import BlobStore, BlobStoreError
+from ..errors import DatasetError, InvalidInput, ServiceError
+from ..models import datasets
+from ..models.manifest import read_manifest
+from ..models.preprocess import PreprocessSpec, preprocess
+from .records import DB_NAME, connect, export_rows
 
 log = logging.getLogger("service.export")
 
@@ -93,12 +93,12 @@ def parse_since(text: str | None) -> str | None:
 
 def export(options: ExportOptions) -> ExportResult:
     """Write ``inputlog-{images,labels}`` IDX files, their SHA256SUMS and ``index.csv``."""
-    if not (options.inputlog_dir / db.DB_NAME).exists():
+    if not (options.inputlog_dir / DB_NAME).exists():
         raise DatasetError(f"There is no input log in {options.inputlog_dir} "
-                           f"({db.DB_NAME} is missing).")
-    conn = db.connect(options.inputlog_dir)
+                           f"({DB_NAME} is missing).")
+    conn = connect(options.inputlog_dir)
     try:
-        rows = db.export_rows(conn, parse_since(options.since), options.model,
+        rows = export_rows(conn, parse_since(options.since), options.model,
                               labelled_only=not options.include_unlabelled)
         samples = select_samples(rows)
     finally:

@@ -9,26 +9,11 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass
 
-from .errors import Overloaded, RateLimited
+from ..config import RateLimits
+from ..errors import Overloaded, RateLimited
 
 MAX_CLIENTS = 100_000  # buckets kept; beyond this, full (idle) buckets are forgotten
-
-
-@dataclass(frozen=True)
-class Limits:
-    """One client's limits; 0 turns a limit off."""
-
-    requests_per_s: float = 0.0
-    requests_burst: float = 0.0
-    images_per_s: float = 0.0
-    images_burst: float = 0.0
-    max_in_flight: int = 0
-
-    @property
-    def any(self) -> bool:
-        return bool(self.requests_per_s or self.images_per_s or self.max_in_flight)
 
 
 class TokenBucket:
@@ -66,7 +51,7 @@ class RateLimiter:
         self._images: dict[str, TokenBucket] = {}
         self._in_flight: dict[str, int] = {}
 
-    def enter(self, client: str, limits: Limits) -> None:
+    def enter(self, client: str, limits: RateLimits) -> None:
         """Admit one request (rate and concurrency), or raise; pair with ``leave``."""
         with self._lock:
             if limits.requests_per_s:
@@ -88,7 +73,7 @@ class RateLimiter:
             else:
                 self._in_flight.pop(client, None)
 
-    def charge_images(self, client: str, limits: Limits, count: int, batch_max: int) -> None:
+    def charge_images(self, client: str, limits: RateLimits, count: int, batch_max: int) -> None:
         """Take ``count`` image tokens, or raise."""
         if not limits.images_per_s:
             return

@@ -9,17 +9,12 @@ import sys
 import numpy as np
 import pytest
 
-from inputlog_support import labels_for, record
+from inputlog_support import DIGIT2, DIGIT7, PHOTO, labels_for, record
 from service.config import InputLogSettings
 from service.inputlog import InputLog
 from service.models import datasets
 from service.models.preprocess import PreprocessSpec, preprocess
-from support import FIXTURES, REPO
-
-DIGIT7 = (FIXTURES / "digit7_28.png").read_bytes()
-DIGIT2 = (FIXTURES / "digit2_112.gif").read_bytes()
-PHOTO = (FIXTURES / "photo_digit.jpg").read_bytes()
-
+from support import REPO
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, "-m", "service", *args], cwd=REPO, timeout=timeout,

@@ -5,8 +5,9 @@ import math
 
 import pytest
 
+from service.access.rate_limit import RateLimiter, TokenBucket
+from service.config import RateLimits
 from service.errors import Overloaded, RateLimited
-from service.rate_limit import Limits, RateLimiter, TokenBucket
 
 
 def test_a_bucket_allows_its_burst_then_refills_at_its_rate():
@@ -28,7 +29,7 @@ def test_a_cost_above_the_capacity_can_never_succeed():
 
 def test_requests_over_the_rate_get_429_with_retry_after():
     limiter = RateLimiter()
-    limits = Limits(requests_per_s=1.0, requests_burst=2.0)
+    limits = RateLimits(requests_per_s=1.0, requests_burst=2.0)
     limiter.enter("a", limits)
     limiter.enter("a", limits)
     with pytest.raises(RateLimited) as caught:
@@ -39,19 +40,19 @@ def test_requests_over_the_rate_get_429_with_retry_after():
 
 def test_images_are_charged_by_count():
     limiter = RateLimiter()
-    limits = Limits(images_per_s=10.0, images_burst=20.0)
+    limits = RateLimits(images_per_s=10.0, images_burst=20.0)
     limiter.charge_images("a", limits, 15, batch_max=256)
     with pytest.raises(RateLimited, match="10 images a second"):
         limiter.charge_images("a", limits, 10, batch_max=256)
     with pytest.raises(RateLimited, match="split the request") as caught:
         limiter.charge_images("b", limits, 21, batch_max=256)
     assert caught.value.headers["Retry-After"] == "60"
-    limiter.charge_images("c", Limits(), 10_000, batch_max=256)  # no image limit
+    limiter.charge_images("c", RateLimits(), 10_000, batch_max=256)  # no image limit
 
 
 def test_the_in_flight_cap_counts_entries_and_leaves():
     limiter = RateLimiter()
-    limits = Limits(max_in_flight=2)
+    limits = RateLimits(max_in_flight=2)
     limiter.enter("a", limits)
     limiter.enter("a", limits)
     with pytest.raises(Overloaded) as caught:
@@ -64,7 +65,7 @@ def test_the_in_flight_cap_counts_entries_and_leaves():
 
 def test_changed_limits_start_a_fresh_bucket():
     limiter = RateLimiter()
-    limiter.enter("a", Limits(requests_per_s=1.0))
+    limiter.enter("a", RateLimits(requests_per_s=1.0))
     with pytest.raises(RateLimited):
-        limiter.enter("a", Limits(requests_per_s=1.0))
-    limiter.enter("a", Limits(requests_per_s=5.0, requests_burst=5.0))
+        limiter.enter("a", RateLimits(requests_per_s=1.0))
+    limiter.enter("a", RateLimits(requests_per_s=5.0, requests_burst=5.0))

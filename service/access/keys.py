@@ -18,31 +18,31 @@ import re
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from .blobstore import write_atomic
-from .errors import ConfigError, InvalidInput, NotFound
+from ..blobstore import write_atomic
+from ..config import RateLimits
+from ..errors import ConfigError, InvalidInput, NotFound
 
 PREFIX = "dk"
 KEY_PATTERN = re.compile(r"^dk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 NAME_PATTERN = re.compile(r"^[\w.@-]{1,64}$")
 RECHECK_S = 1.0  # how often the server looks at the file's modification time
-LIMIT_FIELDS = ("requests_per_s", "requests_burst", "images_per_s", "images_burst",
-                "max_in_flight")
+LIMIT_FIELDS = tuple(f.name for f in dataclasses.fields(RateLimits))
 
 
-@dataclass(frozen=True)
-class KeyLimits:
-    """A key's own rate limits; None fields fall back to ``[ratelimit]``."""
+def key_limits(values: Mapping[str, float | None]) -> dict[str, float]:
+    """A key's own limits: the :class:`RateLimits` fields it sets, in field order.
 
-    requests_per_s: float | None = None
-    requests_burst: float | None = None
-    images_per_s: float | None = None
-    images_burst: float | None = None
-    max_in_flight: int | None = None
+    A field left out (or None) falls back to ``[ratelimit]``; a key's 0 turns it off.
+    """
+    unknown = sorted(set(values) - set(LIMIT_FIELDS))
+    if unknown:
+        raise InvalidInput(f"unknown rate limit(s) {unknown}; known: {list(LIMIT_FIELDS)}")
+    return {k: values[k] for k in LIMIT_FIELDS if values.get(k) is not None}
 
 
 @dataclass(frozen=True)
@@ -54,16 +54,19 @@ class ApiKey:
     hash: str
     created: str
     revoked: str | None = None
-    limits: KeyLimits = KeyLimits()
+    limits: dict[str, float] = field(default_factory=dict)  # see key_limits()
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["limits"] = {k: v for k, v in data["limits"].items() if v is not None}
-        return data
+        return dataclasses.asdict(self)
+
+    def rate_limits(self, defaults: RateLimits) -> RateLimits:
+        """``defaults`` with this key's own limits applied."""
+        return dataclasses.replace(defaults, **self.limits) if self.limits else defaults
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ApiKey":
-        limits = KeyLimits(**{k: data.get("limits", {}).get(k) for k in LIMIT_FIELDS})
+        own = data.get("limits", {})
+        limits = key_limits({k: own.get(k) for k in LIMIT_FIELDS})  # unknown names ignored
         return cls(**{**{f: data.get(f) for f in ("revoked",)},
                       **{f: data[f] for f in ("id", "name", "admin", "salt", "hash", "created")},
                       "limits": limits})
@@ -107,17 +110,21 @@ def write_keys(path: Path, keys: dict[str, ApiKey]) -> None:
 
 
 def add_key(path: Path, name: str, admin: bool = False,
-            limits: KeyLimits = KeyLimits()) -> tuple[ApiKey, str]:
-    """Create a key; returns its record and the key itself (shown once, never stored)."""
+            limits: Mapping[str, float | None] | None = None) -> tuple[ApiKey, str]:
+    """Create a key; returns its record and the key itself (shown once, never stored).
+
+    ``limits``: the key's own, by :class:`RateLimits` field (see :func:`key_limits`).
+    """
     if not NAME_PATTERN.match(name):
         raise InvalidInput(f"key name {name!r}: use 1-64 letters, digits, '.', '@', '-', '_'.")
+    own = key_limits(limits or {})
     keys = read_keys(path)
     key_id = secrets.token_hex(6)
     while key_id in keys:
         key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     salt = secrets.token_hex(16)
-    record = ApiKey(key_id, name, admin, salt, _digest(salt, secret), _now(), limits=limits)
+    record = ApiKey(key_id, name, admin, salt, _digest(salt, secret), _now(), limits=own)
     keys[key_id] = record
     write_keys(path, keys)
     return record, f"{PREFIX}_{key_id}_{secret}"

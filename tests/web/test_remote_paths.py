@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from service import images_root
 from service.errors import Forbidden, InvalidInput, NotFound, PayloadTooLarge, ServiceError
-from service.images_root import MAX_PATH_CHARS, check_path_text, read_image_path
+from service.web import remote_paths
+from service.web.remote_paths import MAX_PATH_CHARS, check_path_text, read_image_path
 
 IMAGE = b"\x89PNG fake image bytes"
 
@@ -102,7 +102,7 @@ def test_directories_fifos_and_sockets_are_400_and_never_opened(root, monkeypatc
     (root / "to-pipe.png").symlink_to(root / "pipe.png")
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(str(root / "sock.png"))
-    monkeypatch.setattr(images_root.os, "open", lambda *a, **k: pytest.fail("opened"))
+    monkeypatch.setattr(remote_paths.os, "open", lambda *a, **k: pytest.fail("opened"))
     try:
         for path in ("sub", "sub/", "pipe.png", "to-pipe.png", "sock.png"):
             assert error(root, path).code == "not_a_file", path
@@ -114,7 +114,7 @@ def test_a_fifo_swapped_in_after_the_check_does_not_block(root, monkeypatch):
     """Even if the stat said "regular file", the open cannot wait for a writer."""
     os.mkfifo(root / "pipe.png")
     real_lstat = os.lstat
-    monkeypatch.setattr(images_root.os, "lstat", lambda p: real_lstat(root / "a.png"))
+    monkeypatch.setattr(remote_paths.os, "lstat", lambda p: real_lstat(root / "a.png"))
     outcome: list = []
     worker = threading.Thread(target=lambda: outcome.append(error(root, "pipe.png")), daemon=True)
     worker.start()
@@ -126,7 +126,7 @@ def test_a_fifo_swapped_in_after_the_check_does_not_block(root, monkeypatch):
 def test_files_over_max_bytes_are_413_without_reading(root, monkeypatch):
     with open(root / "big.png", "wb") as handle:
         handle.truncate(10**9)  # sparse
-    monkeypatch.setattr(images_root.os, "read", lambda *a: pytest.fail("read"))
+    monkeypatch.setattr(remote_paths.os, "read", lambda *a: pytest.fail("read"))
     exc = error(root, "big.png", max_bytes=1000)
     assert isinstance(exc, PayloadTooLarge) and exc.code == "image_bytes_too_large"
 
@@ -140,8 +140,8 @@ def test_a_file_that_grows_after_the_check_is_cut_at_max_bytes(root, monkeypatch
         return os.stat_result((info.st_mode, info.st_ino, info.st_dev, info.st_nlink,
                                info.st_uid, info.st_gid, small.st_size, 0, 0, 0))
 
-    monkeypatch.setattr(images_root.os, "lstat", lambda p: pretend(real_lstat(p)))
-    monkeypatch.setattr(images_root.os, "fstat", lambda fd: pretend(real_fstat(fd)))
+    monkeypatch.setattr(remote_paths.os, "lstat", lambda p: pretend(real_lstat(p)))
+    monkeypatch.setattr(remote_paths.os, "fstat", lambda fd: pretend(real_fstat(fd)))
     assert error(root, "grows.png", max_bytes=1000).code == "image_bytes_too_large"
 
 
@@ -156,7 +156,7 @@ def test_a_file_swapped_between_check_and_open_is_refused(root, tmp_path, monkey
         os.replace(tmp_path / "outside.png", root / "a.png")  # another inode now
         return real_open(path, flags, *args)
 
-    monkeypatch.setattr(images_root.os, "open", swap_then_open)
+    monkeypatch.setattr(remote_paths.os, "open", swap_then_open)
     assert error(root, "a.png").code == "path_forbidden"
 
 
@@ -167,5 +167,5 @@ def test_unreadable_files_are_403(root, monkeypatch):
         def refuse(path, flags, *args):
             raise PermissionError(13, "Permission denied", path)
 
-        monkeypatch.setattr(images_root.os, "open", refuse)
+        monkeypatch.setattr(remote_paths.os, "open", refuse)
     assert error(root, "secret.png").code == "path_forbidden"

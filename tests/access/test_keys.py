@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from service import api_keys
-from service.api_keys import KeyLimits, KeyRing, add_key, read_keys, revoke_key
+from service.access import keys
+from service.access.keys import KeyRing, add_key, read_keys, revoke_key
 from service.errors import ConfigError, InvalidInput, NotFound
 from support import REPO
 
@@ -51,7 +51,7 @@ def test_salts_differ_so_equal_secrets_would_not_hash_alike(tmp_path):
 
 
 def test_revoking_by_name_or_id_takes_effect_in_a_running_ring(tmp_path, monkeypatch):
-    monkeypatch.setattr(api_keys, "RECHECK_S", 0.0)
+    monkeypatch.setattr(keys, "RECHECK_S", 0.0)
     path = tmp_path / "keys.json"
     record, key = add_key(path, "tester")
     _, other = add_key(path, "other", admin=True)
@@ -68,14 +68,19 @@ def test_revoking_by_name_or_id_takes_effect_in_a_running_ring(tmp_path, monkeyp
 
 def test_limits_round_trip_and_bad_names_are_refused(tmp_path):
     path = tmp_path / "keys.json"
-    record, _ = add_key(path, "fast", limits=KeyLimits(requests_per_s=50, max_in_flight=4))
-    assert read_keys(path)[record.id].limits == KeyLimits(requests_per_s=50, max_in_flight=4)
+    record, _ = add_key(path, "fast", limits={"max_in_flight": 4, "requests_per_s": 50,
+                                              "images_per_s": None})
+    own = read_keys(path)[record.id].limits
+    assert own == {"requests_per_s": 50, "max_in_flight": 4}
+    assert list(own) == ["requests_per_s", "max_in_flight"]  # RateLimits' order, as written
     with pytest.raises(InvalidInput):
         add_key(path, "no spaces please")
+    with pytest.raises(InvalidInput):
+        add_key(path, "typo", limits={"request_per_s": 5})
 
 
 def test_a_malformed_file_is_a_config_error_at_start_but_not_later(tmp_path, monkeypatch):
-    monkeypatch.setattr(api_keys, "RECHECK_S", 0.0)
+    monkeypatch.setattr(keys, "RECHECK_S", 0.0)
     path = tmp_path / "keys.json"
     path.write_text("{not json")
     with pytest.raises(ConfigError, match="keys.json"):
@@ -99,7 +104,7 @@ def test_cli_prints_the_key_once_and_lists_without_secrets(tmp_path):
 
     out = cli("add", "ops", "--admin", "--requests-per-s", "5")
     key = out.strip().splitlines()[-1]
-    assert api_keys.KEY_PATTERN.match(key)
+    assert keys.KEY_PATTERN.match(key)
     listing = cli("list")
     assert "ops" in listing and "admin" in listing and "requests_per_s=5" in listing
     assert key.split("_", 2)[2] not in listing and "hash" not in listing

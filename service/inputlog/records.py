@@ -1,4 +1,4 @@
-"""The input log's SQLite database: schema, inserts, feedback updates and export queries.
+"""The input log's records: the SQLite schema, inserts, feedback updates and export queries.
 
 One row per image (content-addressed by sha256) and one per prediction (instance x model).
 WAL mode lets the request threads read (feedback, stats) while the writer thread writes.
@@ -11,6 +11,8 @@ from dataclasses import astuple, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
+
+from ..errors import Unavailable
 
 DB_NAME = "inputlog.sqlite3"
 BUSY_TIMEOUT_MS = 5000
@@ -120,6 +122,15 @@ def connect(directory: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, never corrupt
     conn.executescript(SCHEMA)
     return conn
+
+
+def open_log(directory: Path) -> sqlite3.Connection:
+    """:func:`connect`, or Unavailable (503) naming the directory."""
+    try:
+        return connect(directory)
+    except (OSError, sqlite3.Error) as exc:
+        raise Unavailable(f"The input log database in {directory} cannot be opened: {exc}",
+                          "inputlog_unavailable") from exc
 
 
 def _insert_sql(table: str, cls: type, verb: str = "INSERT") -> str:

@@ -11,7 +11,7 @@ import re
 import stat
 from pathlib import Path
 
-from .errors import Forbidden, InvalidInput, NotFound, PayloadTooLarge
+from ..errors import Forbidden, InvalidInput, NotFound, PayloadTooLarge
 
 MAX_PATH_CHARS = 1024
 URL_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")

@@ -1,0 +1,57 @@
+"""The input log as the data plane's ``PredictionSink``: every predicted image and its
+records, kept for the next training run (see the package docstring for the parts)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ..blobstore import BlobStore
+from ..config import InputLogSettings, S3Settings
+from ..dataplane import Instance, ModelResult, RequestContext
+from .feedback import Caller, give_feedback
+from .images import Images, make_store
+from .writer import FLUSH_WAIT_S, LabelsFor, Writer
+
+log = logging.getLogger("service.inputlog")
+
+
+class InputLog:
+    """Implements ``PredictionSink``; ``start()`` before the first request, ``stop()`` after the last."""
+
+    def __init__(self, settings: InputLogSettings, s3: S3Settings | None = None,
+                 labels_for: LabelsFor | None = None, store: BlobStore | None = None):
+        self.settings = settings
+        self.dir = Path(settings.dir)
+        self.labels_for = labels_for
+        self.images = Images(settings, store or make_store(settings, s3 or S3Settings()))
+        self.writer = Writer(settings, self.images, labels_for)
+
+    def start(self) -> None:
+        self.images.remove_stale_temp_files()
+        self.writer.start()
+        log.info("input log at %s (images: %s)", self.dir, self.images.describe())
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Write everything still queued (up to ``timeout``), then stop the writer."""
+        self.writer.stop(timeout)
+
+    def flush(self, timeout: float = FLUSH_WAIT_S) -> bool:
+        """Wait until every record queued so far is written (or dropped); False on timeout."""
+        return self.writer.flush(timeout)
+
+    def record(self, context: RequestContext, instances: list[Instance],
+               results: dict[str, ModelResult]) -> None:
+        """Enqueue one successful predict call; never waits (a full queue drops and counts)."""
+        self.writer.put(context, instances, results)
+
+    def stats(self) -> dict[str, Any]:
+        """written, images_written, images_pruned, dropped_by_reason, queue_depth, bytes_on_disk."""
+        return self.writer.stats()
+
+    def feedback(self, request_id: str, label: str | None = None, class_id: int | None = None,
+                 instance: int | None = None, caller: Caller | None = None) -> dict[str, Any]:
+        """Record the true label of every record of ``request_id`` (or of one ``instance``);
+        see :func:`~service.inputlog.feedback.give_feedback`."""
+        return give_feedback(self.writer, self.labels_for, request_id, label, class_id,
+                             instance, caller)

@@ -1,0 +1,310 @@
+"""The input log's writer thread and its queue: the only writer of the records and images.
+
+``put()`` only enqueues (the request path never waits on a disk or a bucket). The thread
+takes what is queued in batches, stores each new image, then inserts the batch's records in
+one SQLite transaction: a record is only inserted after its image is durably stored.
+Whatever cannot be written (queue full, store or database failing) is dropped, counted by
+reason and logged -- never silently.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..blobstore import BlobStoreError
+from ..config import InputLogSettings
+from ..dataplane import Instance, ModelResult, RequestContext
+from ..errors import Unavailable
+from .images import Images, StoredImage
+from .records import (ImageRow, PredictionRow, bytes_stored, has_labels, open_log,
+                      save_labels, utc_now, write_batch)
+
+log = logging.getLogger("service.inputlog")
+
+BATCH_MAX = 256            # queue items per transaction
+POLL_S = 0.2               # how often an idle writer looks at the stop flag
+LINGER_S = 0.02            # after the first queued record, wait this long for more
+FLUSH_WAIT_S = 5.0         # flush()'s default, e.g. for feedback on a still-queued request
+DROP_LOG_INTERVAL_S = 10.0  # repeated drops of one reason are summarised this often
+LabelsFor = Callable[[str], list[str]]  # a served model's labels, by model name
+
+
+@dataclass(frozen=True)
+class Pending:
+    """One successful predict call, as enqueued by ``put()``."""
+
+    time: str
+    context: RequestContext
+    instances: list[Instance]
+    results: dict[str, ModelResult]
+    seq: int = 0  # order of enqueueing, for flush()
+
+    @property
+    def records(self) -> int:
+        return len(self.instances) * len(self.results)
+
+
+@dataclass
+class Counters:
+    written: int = 0            # prediction records committed
+    images_written: int = 0     # image files/objects written (duplicates are not)
+    images_pruned: int = 0
+    dropped: Counter = field(default_factory=Counter)  # records lost, by reason
+    bytes_on_disk: int = 0
+
+
+class Writer:
+    """The queue, the thread that empties it, and what was written or lost."""
+
+    def __init__(self, settings: InputLogSettings, images: Images,
+                 labels_for: LabelsFor | None = None):
+        self.settings = settings
+        self.dir = Path(settings.dir)
+        self.images = images
+        self.labels_for = labels_for
+        self.counters = Counters()
+        self._queue: queue.Queue[Pending] = queue.Queue(settings.queue_size or 1)
+        self._lock = threading.Lock()     # guards counters and drop-log times
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None  # the writer thread's own
+        self._last_drop_log: dict[str, float] = {}
+        self._lost: set[int] = set()      # ids of this batch's requests already counted as dropped
+        self._seq = itertools.count(1)    # next() is atomic: put() needs no lock
+        self._last_queued = 0             # the newest seq put on the queue
+        self._done_upto = 0               # every seq up to this is written or dropped
+        self._done = threading.Condition()
+        # The (model, version) pairs whose labels are saved: a busy server's repeated
+        # models cost no query.
+        self._labels_saved: set[tuple[str, int]] = set()
+
+    # -- life cycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        try:
+            self._connection()
+        except Unavailable as exc:  # predictions go on; each lost record is counted
+            log.error("%s; records will be dropped until it can be", exc.message)
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="inputlog-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        """Write everything still queued (up to ``timeout``), then stop the thread."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.error("input log writer did not finish within %.0f s", timeout)
+            self._thread = None
+        self._drain_as_dropped("stopped")
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def flush(self, timeout: float = FLUSH_WAIT_S) -> bool:
+        """Wait until every record queued so far is written (or dropped); False on timeout.
+
+        Records queued meanwhile are not waited for, so this ends under continuous load too.
+        """
+        target = self._last_queued
+        deadline = time.monotonic() + timeout
+        with self._done:
+            while self._done_upto < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._done.wait(remaining)
+        return True
+
+    def behind(self) -> bool:
+        """Some queued records are not written (or dropped) yet."""
+        return self._done_upto < self._last_queued
+
+    # -- the request side ---------------------------------------------------------------------
+    def put(self, context: RequestContext, instances: list[Instance],
+            results: dict[str, ModelResult]) -> None:
+        pending = Pending(utc_now(), context, list(instances), dict(results), next(self._seq))
+        if self._thread is None:
+            self._drop("not_running", pending.records)
+            return
+        try:
+            self._queue.put_nowait(pending)
+        except queue.Full:
+            self._drop("queue_full", pending.records)
+            return
+        self._last_queued = max(self._last_queued, pending.seq)
+
+    def stats(self) -> dict[str, Any]:
+        """written, images_written, images_pruned, dropped_by_reason, queue_depth, bytes_on_disk."""
+        with self._lock:
+            c = self.counters
+            return {"written": c.written, "images_written": c.images_written,
+                    "images_pruned": c.images_pruned, "dropped_by_reason": dict(c.dropped),
+                    "queue_depth": self._queue.qsize(), "bytes_on_disk": c.bytes_on_disk}
+
+    # -- the thread ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            try:
+                first = self._queue.get(timeout=POLL_S)
+            except queue.Empty:
+                if self._stopping.is_set():
+                    return
+                continue
+            if not self._stopping.is_set():
+                time.sleep(LINGER_S)  # let a busy server's records share one transaction
+            batch = [first]
+            while len(batch) < BATCH_MAX:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._write(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+                self._mark_done(batch[-1].seq)
+
+    def _mark_done(self, seq: int) -> None:
+        """Everything queued up to ``seq`` is written or dropped (the queue is in order)."""
+        with self._done:
+            self._done_upto = max(self._done_upto, seq)
+            self._done.notify_all()
+
+    def _write(self, batch: list[Pending]) -> None:
+        try:
+            conn = self._connection()
+            images, rows = self._collect(conn, batch)
+            new_images = [s.row for s in images.values() if s.new]
+            write_batch(conn, new_images, rows)
+        except Exception as exc:  # the writer must survive anything one batch does
+            lost = sum(p.records for p in batch if id(p) not in self._lost)
+            self._drop("db_error", lost, exc)
+            self._reset_connection()
+            return
+        finally:
+            self._lost.clear()
+        for row in new_images:
+            if row.stored:
+                self.images.remember(row)
+        with self._lock:
+            self.counters.written += len(rows)
+            self.counters.images_written += len(new_images)
+            self.counters.bytes_on_disk += sum(r.bytes for r in new_images if r.stored)
+        try:
+            self._prune(conn)
+        except Exception:  # pruning retries after the next batch; the records are safe
+            log.warning("input log pruning failed", exc_info=True)
+
+    def _collect(self, conn: sqlite3.Connection, batch: list[Pending]
+                 ) -> tuple[dict[str, StoredImage], list[PredictionRow]]:
+        """Store each new image; the rows of a request whose image failed are dropped."""
+        images: dict[str, StoredImage] = {}
+        rows: list[PredictionRow] = []
+        for pending in batch:
+            try:
+                stored = [self.images.store_image(conn, images, inst.data)
+                          for inst in pending.instances]
+            except BlobStoreError as exc:
+                self._drop("store_error", pending.records, exc)
+                self._lost.add(id(pending))
+                continue
+            for image in stored:
+                images.setdefault(image.row.sha256, image)
+            rows.extend(prediction_rows(pending, [s.row for s in stored]))
+            self._remember_labels(conn, pending.results)
+        return images, rows
+
+    def _remember_labels(self, conn: sqlite3.Connection, results: dict[str, ModelResult]) -> None:
+        """Keep each (model, version)'s labels, so feedback is checked against the right ones."""
+        if self.labels_for is None:
+            return
+        for result in results.values():
+            pair = (result.model, result.version)
+            if pair in self._labels_saved:
+                continue
+            if not has_labels(conn, *pair):
+                try:
+                    save_labels(conn, *pair, list(self.labels_for(result.model)))
+                except Exception as exc:  # e.g. the model was swapped out meanwhile
+                    log.info("labels of %s v%d not saved: %s", *pair, exc)
+                    continue
+            self._labels_saved.add(pair)
+
+    def _prune(self, conn: sqlite3.Connection) -> None:
+        """Delete the oldest images while over ``max_disk_bytes``; their records stay."""
+        limit = self.settings.max_disk_bytes
+        while self.counters.bytes_on_disk > limit:
+            pruned = self.images.prune_oldest(conn, self.counters.bytes_on_disk - limit)
+            if not pruned:
+                return
+            with self._lock:
+                self.counters.bytes_on_disk -= sum(v["bytes"] for v in pruned)
+                self.counters.images_pruned += len(pruned)
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = open_log(self.dir)
+            with self._lock:
+                self.counters.bytes_on_disk = bytes_stored(self._conn)
+        return self._conn
+
+    def _reset_connection(self) -> None:
+        self.images.forget()  # what the database holds is no longer known
+        self._labels_saved.clear()
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
+            self._conn = None
+
+    def _drain_as_dropped(self, reason: str) -> None:
+        while True:
+            try:
+                pending = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            self._drop(reason, pending.records)
+            self._queue.task_done()
+            self._mark_done(pending.seq)
+
+    def _drop(self, reason: str, records: int, error: Exception | None = None) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.counters.dropped[reason] += records
+            total = self.counters.dropped[reason]
+            due = now - self._last_drop_log.get(reason, -DROP_LOG_INTERVAL_S) >= DROP_LOG_INTERVAL_S
+            if due:
+                self._last_drop_log[reason] = now
+        if due:  # the first drop at once, then a summary at most every DROP_LOG_INTERVAL_S
+            detail = f": {getattr(error, 'message', None) or error}" if error else ""
+            log.warning("input log dropped %d record(s) (%s, %d so far)%s", records, reason,
+                        total, detail)
+
+
+def prediction_rows(pending: Pending, images: list[ImageRow]) -> list[PredictionRow]:
+    """One row per (instance, model) of ``pending``; ``images`` are its instances' rows."""
+    ctx = pending.context
+    rows = []
+    for result in pending.results.values():
+        latency = result.timing_ms.get("total")
+        for index, (inst, image, pred) in enumerate(zip(pending.instances, images,
+                                                        result.predictions)):
+            rows.append(PredictionRow(
+                ctx.request_id, index, pending.time, ctx.route, ctx.client, ctx.api_key_id,
+                result.model, result.version, pred.class_id, pred.label, pred.probability,
+                json.dumps(pred.top_k), image.sha256, image.format, image.width, image.height,
+                image.bytes, inst.x, inst.y, inst.crop, latency))
+    return rows

@@ -1,0 +1,108 @@
+"""Pixels (ink of any polarity) to the model input: MNIST-style normalisation, or a resize."""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from service.errors import BlankImage
+
+from .spec import MNIST_SIZE, PreprocessSpec
+
+MNIST_BOX = 20  # MNIST digits were scaled so their longest side is 20 px...
+MNIST_CENTRE = 14.0  # ...and shifted so the centre of mass sits here (index coordinates)
+LIGHT_BACKGROUND = 127  # border median above this means dark ink on light paper
+CLEAN_BACKGROUND = 8  # a 28x28 image whose border median is at most this is already MNIST-like
+MIN_INK = 24  # contrast (0-255) below which there is nothing we would call a digit
+NOISE_CAP = 48  # never treat more than this above the paper level as noise
+# Fraction of the peak ink a pixel needs to count towards the bounding box: high enough to
+# ignore blur, JPEG ringing and anti-aliasing halos, which would otherwise shrink the digit.
+INK_THRESHOLD = 0.2
+BLANK_MESSAGE = "The image is blank: no digit was found."
+
+
+def normalise(pixels: np.ndarray, spec: PreprocessSpec, cropped: bool) -> np.ndarray:
+    """``spec``'s model input from an image's uint8 pixels ((H, W) gray or (H, W, 3) RGB, in
+    ``spec``'s colour): float32 in [0, 1], ink bright on dark. ``cropped``: the pixels are a
+    crop of the upload, never passed through as already MNIST-like."""
+    arr, level = _polarity(pixels, spec.invert)
+    if spec.kind == "mnist":
+        return _mnist(arr, level, cropped)
+    return _resize(arr, spec.width, spec.height)
+
+
+def _border(arr: np.ndarray) -> np.ndarray:
+    """The outermost ring of pixels (gray values), where the background shows."""
+    gray = arr if arr.ndim == 2 else arr.mean(axis=2)
+    if min(gray.shape) < 3:
+        return gray.ravel()
+    return np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
+
+
+def _polarity(arr: np.ndarray, invert: str) -> tuple[np.ndarray, float]:
+    """Make ink bright on dark; returns the array and its background (border median) level."""
+    level = float(np.median(_border(arr)))
+    if invert == "auto" and level > LIGHT_BACKGROUND:
+        return 255 - arr, 255.0 - level
+    return arr, level
+
+
+def _mnist(gray: np.ndarray, level: float, cropped: bool) -> np.ndarray:
+    # Already in MNIST form: pass through untouched so results match offline evaluation.
+    if not cropped and gray.shape == (MNIST_SIZE, MNIST_SIZE) and level <= CLEAN_BACKGROUND:
+        if int(gray.max()) - level < MIN_INK:
+            raise BlankImage(BLANK_MESSAGE)
+        return gray.astype(np.float32) / np.float32(255)
+    ink = _remove_background(gray, level)
+    digit = _scale_ink_box(ink)
+    canvas = _centre_by_mass(digit)
+    peak = canvas.max()
+    if peak <= 0:
+        raise BlankImage(BLANK_MESSAGE)
+    return (canvas / peak).astype(np.float32)
+
+
+def _remove_background(gray: np.ndarray, level: float) -> np.ndarray:
+    """Paper (and its noise) to 0, the strongest ink to 255, as uint8."""
+    # Photographed paper is not black after inversion and is noisy: subtract a high border
+    # percentile, capped so ink touching the border cannot erase the digit.
+    noise = float(np.percentile(_border(gray), 90)) - level
+    floor = level + min(max(noise, 0.0), NOISE_CAP)
+    ink = np.clip(gray.astype(np.float32) - floor, 0, None)
+    peak = float(ink.max())
+    if peak < MIN_INK:
+        raise BlankImage(BLANK_MESSAGE)
+    return (ink * (255 / peak)).round().astype(np.uint8)
+
+
+def _scale_ink_box(ink: np.ndarray) -> np.ndarray:
+    """Crop to the ink's bounding box and resize its longest side to 20 px (float32)."""
+    mask = ink > 255 * INK_THRESHOLD
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    box = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    height, width = box.shape
+    scale = MNIST_BOX / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resized = Image.fromarray(box).resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return np.asarray(resized, dtype=np.float32)
+
+
+def _centre_by_mass(digit: np.ndarray) -> np.ndarray:
+    """Paste into a 28x28 zero canvas with the centre of mass at (14, 14), kept inside."""
+    total = float(digit.sum())
+    if total <= 0:
+        raise BlankImage(BLANK_MESSAGE)
+    height, width = digit.shape
+    cy = float(digit.sum(axis=1) @ np.arange(height)) / total
+    cx = float(digit.sum(axis=0) @ np.arange(width)) / total
+    top = min(max(round(MNIST_CENTRE - cy), 0), MNIST_SIZE - height)
+    left = min(max(round(MNIST_CENTRE - cx), 0), MNIST_SIZE - width)
+    canvas = np.zeros((MNIST_SIZE, MNIST_SIZE), np.float32)
+    canvas[top:top + height, left:left + width] = digit
+    return canvas
+
+
+def _resize(arr: np.ndarray, width: int, height: int) -> np.ndarray:
+    if arr.shape[:2] != (height, width):
+        arr = np.asarray(Image.fromarray(arr).resize((width, height), Image.Resampling.LANCZOS, reducing_gap=3.0))
+    return arr.astype(np.float32) / np.float32(255)
+
