@@ -10,11 +10,12 @@ later by the data plane, through :meth:`Access.charge_images`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hmac
 import random
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import cherrypy
 
@@ -49,6 +50,17 @@ def presented_key(headers: Any, header: str = "X-API-Key") -> str | None:
     return headers.get(header, "").strip() or None
 
 
+def _refusing(check: Callable[["Access"], None]) -> Callable[["Access"], None]:
+    """A hook whose ServiceError becomes the request's answer instead of its handler."""
+    @functools.wraps(check)
+    def hook(access: "Access") -> None:
+        try:
+            check(access)
+        except ServiceError as exc:
+            access._refuse(cherrypy.serving.request, exc)
+    return hook
+
+
 class Access:
     """The keys (None: no keys configured) and limiter behind ``tools.access``."""
 
@@ -72,21 +84,17 @@ class Access:
         return self.keys is not None and not self.auth.form_open
 
     # -- the tool ------------------------------------------------------------------------------
+    @_refusing
     def check(self) -> None:
         """before_request_body: authenticate, authorise and admit, or answer the refusal."""
         request = cherrypy.serving.request
         policy = request_policy(request)
-        try:
-            key = self._authenticate(policy, request)
-            request.api_key = key
-            if policy in RATE_LIMITED:
-                client = key.id if key else request.remote.ip or "-"
-                self.limiter.enter(client, self.limits_for(key))
-                request.access_client = client  # left in release()
-        except ServiceError as exc:
-            if isinstance(exc, RateLimited):
-                self._slow_down()
-            self._refuse(request, exc)
+        key = self._authenticate(policy, request)
+        request.api_key = key
+        if policy in RATE_LIMITED:
+            client = key.id if key else request.remote.ip or "-"
+            self.limiter.enter(client, self.limits_for(key))
+            request.access_client = client  # left in release()
 
     def _slow_down(self) -> None:
         """Hold a refused request a moment, while a tarpit slot is free (see [ratelimit])."""
@@ -136,6 +144,7 @@ class Access:
             raise Unauthorized("This route needs the admin token: send "
                                "'Authorization: Bearer <token>' or 'X-Admin-Token: <token>'.")
 
+    @_refusing
     def check_form_key(self) -> None:
         """before_handler: the key typed into the HTML form, now that its body is parsed."""
         request = cherrypy.serving.request
@@ -143,14 +152,11 @@ class Access:
             return
         value = request.params.pop(FORM_KEY_FIELD, None)
         value = value.strip() if isinstance(value, str) else ""
-        try:
-            if not value:
-                raise Unauthorized("Enter your API key in the form: this server needs one.",
-                                   "unauthorized")
-            request.api_key = self._verify(value)
-            request.form_api_key = value  # to fill in the result page's forms again
-        except ServiceError as exc:
-            self._refuse(request, exc)
+        if not value:
+            raise Unauthorized("Enter your API key in the form: this server needs one.",
+                               "unauthorized")
+        request.api_key = self._verify(value)
+        request.form_api_key = value  # to fill in the result page's forms again
 
     def _verify(self, presented: str) -> ApiKey:
         key = self.keys.verify(presented) if self.keys else None
@@ -162,6 +168,8 @@ class Access:
     def _refuse(self, request: Any, exc: ServiceError) -> None:
         """Answer ``exc`` instead of calling the handler (tools.answer renders it as the
         route answers: the HTML page for the form, JSON elsewhere)."""
+        if isinstance(exc, RateLimited):
+            self._slow_down()
         # The body is never parsed. Refused credentials close the connection, so a large body
         # is not read either; a 429 keeps it open (cheroot drains the body) for the retry.
         request.process_request_body = False

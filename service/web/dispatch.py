@@ -47,7 +47,7 @@ class Route:
     answer: Answer = JSON_ANSWER
     config: Mapping[str, Any] = field(default_factory=dict)  # CherryPy config of the route
 
-    @property
+    @functools.cached_property
     def template(self) -> str:
         """The path as OpenAPI and the metrics name it: ``{file:.+}`` -> ``{file}``."""
         return _PARAM.sub(r"{\1}", self.path)
@@ -61,7 +61,7 @@ class Route:
             last = match.end()
         return re.compile("".join(parts) + re.escape(self.path[last:]))
 
-    @property
+    @functools.cached_property
     def params(self) -> list[str]:
         return [match[1] for match in _PARAM.finditer(self.path)]
 
@@ -106,7 +106,7 @@ class TableDispatcher:
         request.route = route
         request.route_template = route.template if route else UNMATCHED
         request.answer = route.answer if route else self.unmatched
-        request.config = self._config(request.app, path_info, route)
+        request.config = self._config(request.app, path_info, route, request.answer)
         request.handler = self._handler(route, params, request.method)
 
     def _handler(self, route: Route | None, params: dict[str, str], method: str) -> Any:
@@ -116,7 +116,8 @@ class TableDispatcher:
             return LateParamPageHandler(functools.partial(route.handler, self.app), **params)
         return functools.partial(method_not_allowed, route.methods)
 
-    def _config(self, app: cherrypy.Application, path: str, route: Route | None) -> dict:
+    def _config(self, app: cherrypy.Application, path: str, route: Route | None,
+                answer: Answer) -> dict:
         """CherryPy's config, the app's sections along ``path``, then the route's own."""
         config = cherrypy.config.copy()
         section = ""
@@ -130,7 +131,6 @@ class TableDispatcher:
         for atom in [a for a in path.split("/") if a]:
             section += "/" + atom
             merge(app.config.get(section, {}))
-        answer = route.answer if route else self.unmatched
         config["error_page.default"] = answer.error_page
         if route is not None:
             merge(route.config)
