@@ -55,15 +55,35 @@ def _add_serve_parser(commands: Subcommands) -> None:
     serve.add_argument("--host", help="override server.socket_host")
     serve.add_argument("--port", type=int, help="override server.socket_port")
     serve.add_argument("--daemon", action="store_true", help="detach into the background")
-    serve.add_argument("--pidfile", type=Path, help="write the process id here")
+    serve.add_argument("--pidfile", type=Path, help="write the process id here (with "
+                       "workers: the supervising parent's)")
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="serving processes sharing the port; 0: one per core "
+                            "(default: [service] workers, 1)")
+    serve.add_argument("--socket-dir", type=Path, metavar="DIR",
+                       help="each worker listens on DIR/worker-<n>.sock instead (for nginx)")
     serve.set_defaults(handler=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .web.app import serve
+    from .config import load_settings
 
-    return serve(config_path(args.config), host=args.host, port=args.port, daemon=args.daemon,
-                 pidfile=args.pidfile)
+    path = config_path(args.config)
+    service = load_settings(path).service
+    workers = service.workers if args.workers is None else args.workers
+    socket_dir = args.socket_dir or service.socket_dir
+    if workers < 0:
+        print(f"error: --workers must be >= 0, got {workers}", file=sys.stderr)
+        return 2
+    if workers == 1 and socket_dir is None:
+        from .web.app import serve
+
+        return serve(path, host=args.host, port=args.port, daemon=args.daemon,
+                     pidfile=args.pidfile)
+    from .cluster.launch import serve_cluster  # the parent never imports TensorFlow
+
+    return serve_cluster(path, workers or os.cpu_count() or 1, socket_dir, host=args.host,
+                         port=args.port, daemon=args.daemon, pidfile=args.pidfile)
 
 
 def _add_train_parser(commands: Subcommands) -> None:

@@ -65,6 +65,8 @@ class ServiceMetrics:
     def __init__(self, models: "ModelRegistry",
                  stats_sources: Callable[[], Iterable[Any]] = lambda: ()):
         self.registry = CollectorRegistry()
+        # In a cluster worker: every worker's posted families (see ``cluster_exposition``).
+        self.posted: Callable[[], Iterable[dict[str, Any]]] | None = None
         self.requests = Counter("digits_http_requests", "HTTP requests by route template, "
                                 "method and status.", ["route", "method", "status"],
                                 registry=self.registry)
@@ -81,8 +83,9 @@ class ServiceMetrics:
         self.request_rows = Histogram("digits_prediction_batch_size", "Images per predict "
                                       "request, by model.", ["model"], buckets=BATCH_BUCKETS,
                                       registry=self.registry)
-        self.registry.register(ModelStateCollector(models))
-        self.registry.register(StatsCollector(stats_sources))
+        self._scraped = (ModelStateCollector(models), StatsCollector(stats_sources))
+        for collector in self._scraped:
+            self.registry.register(collector)
         self.registry.register(_Reexport(LIFECYCLE))
 
     # PredictionObserver
@@ -100,7 +103,26 @@ class ServiceMetrics:
             self.rejected.labels(error_code or f"http_{status}", str(status)).inc()
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.posted is None:
+            return generate_latest(self.registry)
+        return cluster_exposition(self.posted)
+
+    def local_families(self) -> list[dict[str, Any]]:
+        """This process's scrape-time families as plain data, for the cluster board."""
+        return [{"name": f.name, "documentation": f.documentation, "type": f.type,
+                 "samples": [[s.name, s.labels, s.value] for s in f.samples]}
+                for collector in self._scraped for f in collector.collect()]
+
+
+def cluster_exposition(posted: Callable[[], Iterable[dict[str, Any]]]) -> bytes:
+    """Every worker's counters and histograms summed (prometheus_client's multiprocess
+    files, ``PROMETHEUS_MULTIPROC_DIR``), and each worker's posted families by ``worker``."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    registry.register(_Posted(posted))
+    return generate_latest(registry)
 
 
 class ModelStateCollector:
@@ -171,6 +193,25 @@ class StatsCollector:
                 queue.add_metric([], values["queue_depth"])
         if found:
             yield from (written, dropped, queue)
+
+
+class _Posted:
+    """Families the workers posted (``local_families``), merged by name, labelled by worker."""
+
+    def __init__(self, posted: Callable[[], Iterable[dict[str, Any]]]):
+        self.posted = posted
+
+    def collect(self) -> Iterator[Metric]:
+        merged: dict[str, Metric] = {}
+        for family in self.posted():
+            metric = merged.get(family["name"])
+            if metric is None:
+                metric = merged[family["name"]] = Metric(family["name"],
+                                                         family["documentation"],
+                                                         family["type"])
+            for name, labels, value in family["samples"]:
+                metric.add_sample(name, {**labels, "worker": family["worker"]}, value)
+        return iter(merged.values())
 
 
 class _Reexport:

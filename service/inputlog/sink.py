@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..blobstore import BlobStore
+from ..cluster.progress import WriterProgress
 from ..config import InputLogSettings, S3Settings
 from ..dataplane import Instance, ModelResult, RequestContext
 from .feedback import Caller, give_feedback
@@ -20,12 +21,13 @@ class InputLog:
     """Implements ``PredictionSink``; ``start()`` before the first request, ``stop()`` after the last."""
 
     def __init__(self, settings: InputLogSettings, s3: S3Settings | None = None,
-                 labels_for: LabelsFor | None = None, store: BlobStore | None = None):
+                 labels_for: LabelsFor | None = None, store: BlobStore | None = None,
+                 progress: WriterProgress | None = None):
         self.settings = settings
         self.dir = Path(settings.dir)
         self.labels_for = labels_for
         self.images = Images(settings, store or make_store(settings, s3 or S3Settings()))
-        self.writer = Writer(settings, self.images, labels_for)
+        self.writer = Writer(settings, self.images, labels_for, progress)
 
     def start(self) -> None:
         self.images.remove_stale_temp_files()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..blobstore import BlobStoreError
+from ..cluster.progress import WriterProgress
 from ..config import InputLogSettings
 from ..dataplane import Instance, ModelResult, RequestContext
 from ..errors import Unavailable
@@ -35,6 +36,7 @@ POLL_S = 0.2               # how often an idle writer looks at the stop flag
 LINGER_S = 0.02            # after the first queued record, wait this long for more
 FLUSH_WAIT_S = 5.0         # flush()'s default, e.g. for feedback on a still-queued request
 DROP_LOG_INTERVAL_S = 10.0  # repeated drops of one reason are summarised this often
+RECOUNT_S = 10.0           # in a cluster, re-read the bytes stored (all workers') this often
 LabelsFor = Callable[[str], list[str]]  # a served model's labels, by model name
 
 
@@ -66,8 +68,9 @@ class Writer:
     """The queue, the thread that empties it, and what was written or lost."""
 
     def __init__(self, settings: InputLogSettings, images: Images,
-                 labels_for: LabelsFor | None = None):
+                 labels_for: LabelsFor | None = None, progress: WriterProgress | None = None):
         self.settings = settings
+        self.progress = progress  # in a cluster: where the other workers see how far it got
         self.dir = Path(settings.dir)
         self.images = images
         self.labels_for = labels_for
@@ -83,9 +86,11 @@ class Writer:
         self._last_queued = 0             # the newest seq put on the queue
         self._done_upto = 0               # every seq up to this is written or dropped
         self._done = threading.Condition()
+        self._queued_lock = threading.Lock()
         # The (model, version) pairs whose labels are saved: a busy server's repeated
         # models cost no query.
         self._labels_saved: set[tuple[str, int]] = set()
+        self._disk_counted_at = 0.0
 
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -123,11 +128,12 @@ class Writer:
                 if remaining <= 0:
                     return False
                 self._done.wait(remaining)
-        return True
+        return self.progress is None or self.progress.wait_for_others(deadline)
 
     def behind(self) -> bool:
-        """Some queued records are not written (or dropped) yet."""
-        return self._done_upto < self._last_queued
+        """Some queued records (of this worker, or of another) are not written yet."""
+        return self._done_upto < self._last_queued or \
+            (self.progress is not None and self.progress.others_behind())
 
     # -- the request side ---------------------------------------------------------------------
     def put(self, context: RequestContext, instances: list[Instance],
@@ -141,7 +147,10 @@ class Writer:
         except queue.Full:
             self._drop("queue_full", pending.records)
             return
-        self._last_queued = max(self._last_queued, pending.seq)
+        with self._queued_lock:
+            self._last_queued = max(self._last_queued, pending.seq)
+            if self.progress is not None:
+                self.progress.queued(self._last_queued)
 
     def stats(self) -> dict[str, Any]:
         """written, images_written, images_pruned, dropped_by_reason, queue_depth, bytes_on_disk."""
@@ -179,6 +188,8 @@ class Writer:
         """Everything queued up to ``seq`` is written or dropped (the queue is in order)."""
         with self._done:
             self._done_upto = max(self._done_upto, seq)
+            if self.progress is not None:
+                self.progress.done(self._done_upto)
             self._done.notify_all()
 
     def _write(self, batch: list[Pending]) -> None:
@@ -244,6 +255,12 @@ class Writer:
     def _prune(self, conn: sqlite3.Connection) -> None:
         """Delete the oldest images while over ``max_disk_bytes``; their records stay."""
         limit = self.settings.max_disk_bytes
+        now = time.monotonic()
+        if self.progress is not None and now - self._disk_counted_at >= RECOUNT_S:
+            # Other workers write images too: the database's sum is the truth.
+            self._disk_counted_at = now
+            with self._lock:
+                self.counters.bytes_on_disk = bytes_stored(conn)
         while self.counters.bytes_on_disk > limit:
             pruned = self.images.prune_oldest(conn, self.counters.bytes_on_disk - limit)
             if not pruned:

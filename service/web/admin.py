@@ -41,10 +41,14 @@ def version_info(status: ModelStatus, versions: list[int]) -> dict[str, Any]:
 
 def reload(app: Any, /, name: str, **params: Any) -> dict[str, Any]:
     """POST /v1/models/<name>/reload: 200 with the new summary, or 409 ``reload_failed``."""
-    status = app.registry.reload(name, requested_version(params))
-    return {"name": status.name, "version": status.version, "state": status.state.value,
-            "previous_version": status.previous_version, "policy": status.policy,
-            "pinned": status.pinned}
+    asked = requested_version(params)
+    status = app.registry.reload(name, asked)
+    answer = {"name": status.name, "version": status.version, "state": status.state.value,
+              "previous_version": status.previous_version, "policy": status.policy,
+              "pinned": status.pinned}
+    if app.member is not None:  # every other worker follows; answer once they all serve it
+        answer["workers"] = app.member.broadcast_reload(name, asked, status.version)
+    return answer
 
 
 def requested_version(params: dict[str, Any]) -> int | None:

@@ -129,8 +129,14 @@ def model_status(registry: Any, name: str) -> ModelStatus:
 def service_status(app: Any, /, **_: Any) -> dict[str, Any]:
     statuses = app.registry.statuses()
     degraded = any(s.state is ModelState.FAILED for s in statuses)
-    return {"status": "degraded" if degraded else "ok",
-            "models": {s.name: _status_json(s) for s in statuses}}
+    answer = {"status": "degraded" if degraded else "ok",
+              "models": {s.name: _status_json(s) for s in statuses}}
+    if app.member is not None:  # a cluster: this worker's models above, every worker here
+        workers = app.member.workers()
+        answer.update(worker=app.member.worker.name, workers=workers)
+        if not all(w["ready"] for w in workers):
+            answer["status"] = "degraded"
+    return answer
 
 
 def healthz(app: Any, /, **_: Any) -> dict[str, Any]:
@@ -147,6 +153,11 @@ def readyz(app: Any, /, **_: Any) -> dict[str, Any]:
     if cherrypy.engine.state is not cherrypy.engine.states.STARTED:
         raise Unavailable("Not ready: the server is still starting.", "not_ready",
                           retry_after=1)
+    if app.member is not None:
+        others = app.member.not_ready()
+        if others:
+            raise Unavailable(f"Not ready: waiting for worker(s) {', '.join(others)}.",
+                              "not_ready", retry_after=1)
     return {"status": "ready"}
 
 

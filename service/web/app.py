@@ -1,6 +1,9 @@
 """Build the CherryPy application and run it in the foreground or as a daemon."""
 from __future__ import annotations
 
+import dataclasses
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +12,8 @@ from cherrypy.process.plugins import Daemonizer, PIDFile
 
 from .. import logs, metrics
 from ..config import REPO_ROOT, Settings, load_settings
+from ..cluster.identity import Worker
+from ..cluster.progress import WriterProgress
 from ..dataplane import DataPlane
 from ..inputlog import InputLog
 from ..models.registry import ModelRegistry
@@ -17,6 +22,7 @@ from . import connection_guard, limits, openapi  # noqa: F401  (limits: tools.bo
 from .access import Access
 from .api import Predictor
 from .bodies import BodyLimits
+from .cluster import ClusterMember, ClusterPlugin
 from .dispatch import TableDispatcher
 from .observability import observe, take_over_access_log, tool_config
 from .plugins import LifecyclePlugin, LogWriterPlugin
@@ -32,7 +38,7 @@ class App:
     """
 
     def __init__(self, settings: Settings, registry: ModelRegistry,
-                 inputlog: InputLog | None = None):
+                 inputlog: InputLog | None = None, member: ClusterMember | None = None):
         service = settings.service
         self.settings = settings
         self.registry = registry
@@ -45,6 +51,10 @@ class App:
                                sinks=[inputlog] if inputlog else [],
                                admission=self.access.charge_images)
         self.service_metrics = observe(self.plane)  # metrics and prediction logs
+        self.member = member  # None: this process is the whole service
+        if member is not None:
+            member.metrics = self.service_metrics
+            self.service_metrics.posted = member.families
         self.predictor = Predictor(self.plane, BodyLimits(
             service.images_root, service.max_body_bytes, service.max_image_bytes,
             service.max_json_depth, service.max_batch_size))
@@ -73,8 +83,13 @@ def app_config(max_body_bytes: int) -> dict[str, Any]:
     }
 
 
-def mount(settings: Settings) -> ModelRegistry:
-    """Configure CherryPy from ``settings`` and mount the app; models load at engine start."""
+def mount(settings: Settings, worker: Worker | None = None) -> App:
+    """Configure CherryPy from ``settings`` and mount the app; models load at engine start.
+
+    ``worker``: this process is one worker of a cluster (``serve --workers N``).
+    """
+    if worker is not None:
+        settings = for_worker(settings, worker)
     service = settings.service
     # cheroot's own limit answers in plain text; ours (limits.py) answers in JSON.
     # CherryPy's screen handlers are replaced by logs.configure's (one format, stderr).
@@ -85,10 +100,12 @@ def mount(settings: Settings) -> ModelRegistry:
     registry = ModelRegistry(settings.models, open_store(settings),
                              poll_interval_s=settings.store.poll_interval_s)
     registry.on_load(metrics.model_loaded)
-    inputlog = make_inputlog(settings, registry)
-    app = App(settings, registry, inputlog)
+    inputlog = make_inputlog(settings, registry, worker)
+    member = ClusterMember(worker, registry) if worker is not None else None
+    app = App(settings, registry, inputlog, member)
     # Below CherryPy: slow clients are cut, and a full accept queue answers 503 at once.
-    connection_guard.install(service.client_timeout_s, app.service_metrics)
+    server = connection_guard.install(service.client_timeout_s, app.service_metrics)
+    server.served_by = (worker.name if worker else f"pid-{os.getpid()}").encode()
     config = app_config(service.max_body_bytes)
     config["/"].update(tool_config(app.service_metrics))
     config["/"].update({"tools.access.on": True, "tools.access.access": app.access,
@@ -97,15 +114,31 @@ def mount(settings: Settings) -> ModelRegistry:
     LifecyclePlugin(cherrypy.engine, registry, "stopping model pools").subscribe()
     if inputlog is not None:
         LifecyclePlugin(cherrypy.engine, inputlog, "flushing the input log").subscribe()
-    return registry
+    if member is not None:
+        ClusterPlugin(cherrypy.engine, member).subscribe()
+    return app
 
 
-def make_inputlog(settings: Settings, registry: ModelRegistry) -> InputLog | None:
+def for_worker(settings: Settings, worker: Worker) -> Settings:
+    """``settings`` as one of ``worker.count`` processes sharing the machine: sessions' threads
+    split between the workers, and a log file of its own (rotation is per process)."""
+    models = [dataclasses.replace(m, pool=m.pool.for_workers(worker.count))
+              for m in settings.models]
+    logging_ = settings.logging
+    if logging_.file is not None:
+        name = f"{logging_.file.stem}.worker-{worker.slot}{logging_.file.suffix}"
+        logging_ = dataclasses.replace(logging_, file=logging_.file.with_name(name))
+    return dataclasses.replace(settings, models=models, logging=logging_)
+
+
+def make_inputlog(settings: Settings, registry: ModelRegistry,
+                  worker: Worker | None = None) -> InputLog | None:
     """The input log sink, or None when ``[inputlog] enabled = False``."""
     if not settings.inputlog.enabled:
         return None
+    progress = WriterProgress(worker.run_dir, worker.slot, worker.count) if worker else None
     return InputLog(settings.inputlog, settings.s3,
-                    labels_for=lambda name: registry.get(name).labels)
+                    labels_for=lambda name: registry.get(name).labels, progress=progress)
 
 
 def open_store(settings: Settings) -> ModelStore:
@@ -121,10 +154,8 @@ def open_store(settings: Settings) -> ModelStore:
 
 def serve(config_path: Path | None, host: str | None = None, port: int | None = None,
           daemon: bool = False, pidfile: Path | None = None) -> int:
-    settings = load_settings(config_path)
-    overrides = {k: v for k, v in (("server.socket_host", host), ("server.socket_port", port))
-                 if v is not None}
-    settings.cherrypy.update(overrides)
+    """The whole service in this one process (``--workers 1``), in the foreground or daemonized."""
+    settings = _settings(config_path, host, port)
     if daemon:
         settings.cherrypy["log.screen"] = False
     mount(settings)
@@ -135,8 +166,41 @@ def serve(config_path: Path | None, host: str | None = None, port: int | None = 
         PIDFile(engine, str(pidfile)).subscribe()
     if hasattr(engine, "signal_handler"):
         engine.signal_handler.subscribe()
+    return _run(engine)
+
+
+def serve_worker(config_path: Path | None, worker: Worker, listener: socket.socket | None,
+                 socket_path: Path | None, host: str | None = None,
+                 port: int | None = None) -> int:
+    """One worker of a cluster: serve on the parent's ``listener`` (or the Unix socket
+    ``socket_path``) until the parent's SIGTERM; the parent handles Ctrl-C and SIGHUP."""
+    settings = _settings(config_path, host, port)
+    if socket_path is not None:
+        settings.cherrypy["server.socket_file"] = str(socket_path)
+    mount(settings, worker)
+    if listener is not None:
+        server = cherrypy.server.instance
+        server.inherited_socket = listener
+        cherrypy.server.httpserver = server
+        # No port checks: the port is the parent's, held open by every worker.
+        cherrypy.server.bind_addr = None
+    engine = cherrypy.engine
+    engine.signal_handler.handlers = {"SIGTERM": engine.exit}
+    engine.signal_handler.subscribe()
+    return _run(engine)
+
+
+def _settings(config_path: Path | None, host: str | None, port: int | None) -> Settings:
+    settings = load_settings(config_path)
+    overrides = {k: v for k, v in (("server.socket_host", host), ("server.socket_port", port))
+                 if v is not None}
+    settings.cherrypy.update(overrides)
+    return settings
+
+
+def _run(engine: Any) -> int:
     engine.start()
     if engine.state != engine.states.STARTED:
         return 1
     engine.block()
-    return 0 if engine.state == engine.states.EXITING or engine.state == engine.states.STOPPED else 1
+    return 0 if engine.state in (engine.states.EXITING, engine.states.STOPPED) else 1

@@ -137,7 +137,10 @@ SCHEMAS: dict[str, Any] = {
     "ReloadResult": obj(("name", "version", "state"), name=STR, version=nullable(INT),
                         state={"enum": ["LOADING", "AVAILABLE", "FAILED"]},
                         previous_version=nullable(INT), policy={"enum": ["latest", "pinned"]},
-                        pinned=nullable(INT)),
+                        pinned=nullable(INT), workers={
+                            "type": "object", "additionalProperties": nullable(INT),
+                            "description": "With several workers: the version each serves "
+                                           "once the others followed."}),
     "FeedbackRequest": {"oneOf": [
         obj(("request_id", "label"), request_id=REQUEST_ID, label=LABEL, instance=INDEX),
         obj(("request_id", "class"), request_id=REQUEST_ID, **{"class": INDEX},
@@ -151,7 +154,12 @@ SCHEMAS: dict[str, Any] = {
                              ("state", "version"), state=STR, version=nullable(INT),
                              error=STR, queue_depth=INT, busy_workers=INT, batches=INT,
                              worker_restarts={"type": "object", "additionalProperties": INT},
-                             load_seconds=NUM)}),
+                             load_seconds=NUM)},
+                         worker=STR, workers=array(obj(
+                             ("name", "pid", "state", "ready", "restarts"), name=STR,
+                             pid=nullable(INT), state=STR, ready={"type": "boolean"},
+                             restarts=INT, last_exit=nullable(STR),
+                             models={"type": "object"}))),
     "Alive": obj(("status",), status={"const": "alive"}),
     "Ready": obj(("status",), status={"const": "ready"}),
     "Recognized": obj(("digit", "probability"), digit=INT, probability=PROBABILITY),
