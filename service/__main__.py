@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service",
                                      description="Handwritten digit recognition service.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_serve_parser, _add_train_parser, _add_evaluate_parser, _add_export_parser,
+    for add in (_add_serve_parser, _add_cluster_parser, _add_train_parser, _add_evaluate_parser, _add_export_parser,
                 _add_keys_parser, _add_publish_parser):  # in the order --help lists them
         add(commands)
     return parser
@@ -84,6 +84,33 @@ def _serve(args: argparse.Namespace) -> int:
 
     return serve_cluster(path, workers or os.cpu_count() or 1, socket_dir, host=args.host,
                          port=args.port, daemon=args.daemon, pidfile=args.pidfile)
+
+
+def _add_cluster_parser(commands: Subcommands) -> None:
+    cluster = commands.add_parser(
+        "cluster", help="run N workers behind nginx in the foreground (make cluster)",
+        description="Start `serve --workers N --socket-dir PREFIX/sockets`, wait until every "
+                    "worker answers, then run nginx (deploy/nginx.conf, rendered to "
+                    "PREFIX/nginx.conf) in front of them on --host:--port. Ctrl-C or SIGTERM "
+                    "stops both; SIGHUP reloads both. Exit status: 0 stopped, 1 the service "
+                    "died, 2 cannot start (e.g. nginx missing), 3 nginx died.")
+    _config_option(cluster, "the service's CherryPy-format config")
+    cluster.add_argument("--port", type=int, default=8080, help="nginx listens here (8080)")
+    cluster.add_argument("--host", default="127.0.0.1", help="nginx listens on (127.0.0.1)")
+    cluster.add_argument("--workers", type=int, default=2, metavar="N",
+                         help="serving processes behind nginx (2)")
+    cluster.add_argument("--prefix", type=Path, default=REPO_ROOT / "var" / "cluster",
+                         metavar="DIR", help="nginx's config, pid, logs, temp files and the "
+                                             "workers' sockets (var/cluster)")
+    cluster.add_argument("--nginx", default="nginx", help="the nginx binary (nginx)")
+    cluster.set_defaults(handler=_cluster)
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from .cluster.front import run_cluster  # no TensorFlow here: the service child has it
+
+    return run_cluster(config_path(args.config), port=args.port, workers=args.workers,
+                       host=args.host, prefix=args.prefix, nginx=args.nginx)
 
 
 def _add_train_parser(commands: Subcommands) -> None:

@@ -76,6 +76,12 @@ class ServiceMetrics:
         self.rejected = Counter("digits_http_rejected_requests", "Requests answered with an "
                                 "error, by error code and status.", ["code", "status"],
                                 registry=self.registry)
+        self.slow_clients_cut = Counter("digits_http_slow_clients_cut", "Connections cut for "
+                                        "arriving too slowly (web/connection_guard.py), by "
+                                        "the part still arriving: request line, headers, "
+                                        "body.", ["phase"], registry=self.registry)
+        for phase in ("request line", "headers", "body"):
+            self.slow_clients_cut.labels(phase)  # each series shows from the start, at 0
         self.prediction = Histogram("digits_prediction_duration_seconds", "Prediction time "
                                     "by model, version and phase (decode, preprocess, queue, "
                                     "inference, total).", ["model", "version", "phase"],

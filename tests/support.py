@@ -131,8 +131,8 @@ class ServerProcess:
                 if requests.get(self.url + path, headers=self.ready_headers,
                                 timeout=2).status_code == 200:
                     return
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet -- or, with workers, no worker accepting yet
             time.sleep(0.1)
         raise RuntimeError(f"{path} did not answer 200 within {timeout} s:\n{self.log()}")
 

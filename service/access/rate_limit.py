@@ -3,17 +3,27 @@
 Protocol-neutral: callers say who is asking and with which limits; a refusal is a
 :class:`~service.errors.RateLimited` (or :class:`~service.errors.Overloaded` for too many
 requests at once) carrying the seconds until the request could succeed.
+
+One interface, interchangeable backends. :class:`Limiter` is what callers use;
+:class:`BucketLimiter` writes the admission policy, its arithmetic and its messages once, over a
+backend's state; :class:`RateLimiter` keeps that state in this process's memory, and
+``shared_limits.SharedRateLimiter`` in a SQLite file every worker of the machine shares.
 """
 from __future__ import annotations
 
 import math
 import threading
 import time
+from typing import Callable, Protocol, TypeVar
 
 from ..config import RateLimits
 from ..errors import Overloaded, RateLimited
 
 MAX_CLIENTS = 100_000  # buckets kept; beyond this, full (idle) buckets are forgotten
+REQUESTS, IMAGES = "requests", "images"  # the two kinds of bucket a client has
+
+Clock = Callable[[], float]
+T = TypeVar("T")
 
 
 class TokenBucket:
@@ -21,10 +31,11 @@ class TokenBucket:
 
     __slots__ = ("rate", "capacity", "tokens", "stamp")
 
-    def __init__(self, rate: float, capacity: float, now: float | None = None):
+    def __init__(self, rate: float, capacity: float, now: float | None = None,
+                 tokens: float | None = None):
         self.rate = rate
         self.capacity = capacity
-        self.tokens = capacity
+        self.tokens = capacity if tokens is None else tokens
         self.stamp = time.monotonic() if now is None else now
 
     def take(self, cost: float, now: float) -> float:
@@ -42,58 +53,126 @@ class TokenBucket:
         return self.tokens + (now - self.stamp) * self.rate >= self.capacity
 
 
-class RateLimiter:
-    """Buckets and in-flight counts for every client, behind one short-held lock."""
+class Limiter(Protocol):
+    """What ``web/access.py`` and the data plane call; every backend answers the same."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._requests: dict[str, TokenBucket] = {}
-        self._images: dict[str, TokenBucket] = {}
-        self._in_flight: dict[str, int] = {}
-
-    def enter(self, client: str, limits: RateLimits) -> None:
-        """Admit one request (rate and concurrency), or raise; pair with ``leave``."""
-        with self._lock:
-            if limits.requests_per_s:
-                burst = limits.requests_burst or max(1.0, limits.requests_per_s)
-                wait = self._take(self._requests, client, limits.requests_per_s, burst, 1)
-                if wait:
-                    raise _limited(f"more than {limits.requests_per_s:g} requests a second", wait)
-            busy = self._in_flight.get(client, 0)
-            if limits.max_in_flight and busy >= limits.max_in_flight:
-                raise Overloaded(f"This client already has {busy} requests in progress, its "
-                                 "limit; wait for one to finish.", "too_many_in_flight")
-            self._in_flight[client] = busy + 1
+    def enter(self, client: str, limits: RateLimits) -> bool:
+        """Admit one request or raise; True when it now counts in flight (then ``leave``)."""
 
     def leave(self, client: str) -> None:
-        with self._lock:
-            busy = self._in_flight.get(client, 0) - 1
-            if busy > 0:
-                self._in_flight[client] = busy
-            else:
-                self._in_flight.pop(client, None)
+        """The request ``enter`` counted has finished."""
+
+    def charge_images(self, client: str, limits: RateLimits, count: int,
+                      batch_max: int) -> None:
+        """Take ``count`` image tokens, or raise."""
+
+
+class BucketLimiter:
+    """The admission policy, written once over a backend's state.
+
+    A backend gives :meth:`_atomically` (run a step, given the time, as one indivisible
+    update of the state) and the primitives the steps use: :meth:`_take` (one bucket),
+    :meth:`_busy` and :meth:`_add_busy` (a client's requests in flight).
+    """
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+
+    def enter(self, client: str, limits: RateLimits) -> bool:
+        """Admit one request (rate and concurrency), or raise.
+
+        Returns True when the request counts towards the in-flight cap: pair it with
+        :meth:`leave`. Without a request rate or an in-flight cap the state is not touched.
+        """
+        if not (limits.requests_per_s or limits.max_in_flight):
+            return False
+
+        def step(now: float) -> bool:
+            if limits.requests_per_s:
+                burst = limits.requests_burst or max(1.0, limits.requests_per_s)
+                wait = self._take(REQUESTS, client, limits.requests_per_s, burst, 1, now)
+                if wait:
+                    raise _limited(f"more than {limits.requests_per_s:g} requests a second", wait)
+            if not limits.max_in_flight:
+                return False
+            busy = self._busy(client)
+            if busy >= limits.max_in_flight:
+                raise Overloaded(f"This client already has {busy} requests in progress, its "
+                                 "limit; wait for one to finish.", "too_many_in_flight")
+            self._add_busy(client, 1)
+            return True
+
+        return self._atomically(step, failed=False)
+
+    def leave(self, client: str) -> None:
+        self._atomically(lambda now: self._add_busy(client, -1), failed=None)
 
     def charge_images(self, client: str, limits: RateLimits, count: int, batch_max: int) -> None:
         """Take ``count`` image tokens, or raise."""
         if not limits.images_per_s:
             return
         burst = limits.images_burst or max(float(batch_max), limits.images_per_s)
-        with self._lock:
-            wait = self._take(self._images, client, limits.images_per_s, burst, count)
+        wait = self._atomically(
+            lambda now: self._take(IMAGES, client, limits.images_per_s, burst, count, now),
+            failed=0.0)
         if wait:
             raise _limited(f"more than {limits.images_per_s:g} images a second"
                            + (f" (this request holds {count}, more than the burst of "
                               f"{burst:g})" if math.isinf(wait) else ""), wait)
 
-    def _take(self, buckets: dict[str, TokenBucket], client: str, rate: float, burst: float,
-              cost: float) -> float:
-        now = time.monotonic()
+    # -- what a backend gives --------------------------------------------------------------
+    def _atomically(self, step: Callable[[float], T], failed: T) -> T:
+        """``step(now)`` as one update; a refusal it raises keeps what it changed. ``failed``
+        is the answer of a backend that fails open when its state cannot be reached."""
+        raise NotImplementedError
+
+    def _take(self, kind: str, client: str, rate: float, burst: float, cost: float,
+              now: float) -> float:
+        """:meth:`TokenBucket.take` on the client's bucket of ``kind``; a bucket whose rate or
+        burst changed starts afresh (full)."""
+        raise NotImplementedError
+
+    def _busy(self, client: str) -> int:
+        raise NotImplementedError
+
+    def _add_busy(self, client: str, delta: int) -> None:
+        """Count ``delta`` more requests in flight (never fewer than 0)."""
+        raise NotImplementedError
+
+
+class RateLimiter(BucketLimiter):
+    """Buckets and in-flight counts for every client in this process, behind one short-held
+    lock."""
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        super().__init__(clock)
+        self._lock = threading.Lock()
+        self._buckets: dict[str, dict[str, TokenBucket]] = {REQUESTS: {}, IMAGES: {}}
+        self._in_flight: dict[str, int] = {}
+
+    def _atomically(self, step: Callable[[float], T], failed: T) -> T:
+        with self._lock:
+            return step(self._clock())
+
+    def _take(self, kind: str, client: str, rate: float, burst: float, cost: float,
+              now: float) -> float:
+        buckets = self._buckets[kind]
         bucket = buckets.get(client)
         if bucket is None or (bucket.rate, bucket.capacity) != (rate, burst):
             if len(buckets) >= MAX_CLIENTS:
                 self._forget_idle(buckets, now)
             bucket = buckets[client] = TokenBucket(rate, burst, now)
         return bucket.take(cost, now)
+
+    def _busy(self, client: str) -> int:
+        return self._in_flight.get(client, 0)
+
+    def _add_busy(self, client: str, delta: int) -> None:
+        busy = self._in_flight.get(client, 0) + delta
+        if busy > 0:
+            self._in_flight[client] = busy
+        else:
+            self._in_flight.pop(client, None)
 
     @staticmethod
     def _forget_idle(buckets: dict[str, TokenBucket], now: float) -> None:

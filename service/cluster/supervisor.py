@@ -20,6 +20,7 @@ such as nginx.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
@@ -41,6 +42,7 @@ TICK_S = 0.05            # how often the parent looks at its children and signal
 QUICK_DEATH_S = 10.0     # a worker dying sooner than this after its start is failing
 MAX_BACKOFF_S = 30.0
 START_TIMEOUT_S = 300.0  # a replacement that does not serve by then is given up on (SIGHUP)
+PR_SET_PDEATHSIG = 1     # prctl(2), Linux
 
 
 @dataclass(frozen=True)
@@ -177,11 +179,13 @@ class Supervisor:
     def _fork(self, worker: Worker) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the child: never returns
             try:
                 for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     signal.signal(signum, signal.SIG_DFL)
+                die_with_parent(parent)
                 self.worker_main(worker, self.listener, self.options.socket_path(worker.slot))
             finally:
                 os._exit(70)  # EX_SOFTWARE: worker_main returned or raised
@@ -303,6 +307,15 @@ def daemonize() -> None:
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGTERM this process when the parent dies, even by SIGKILL: no orphaned workers."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(0)
 
 
 def _family(host: str) -> socket.AddressFamily:

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import cherrypy
 
 from ..access.keys import ApiKey, KeyRing
-from ..access.rate_limit import RateLimiter
+from ..access.rate_limit import Limiter, RateLimiter
 from ..config import AuthSettings, RateLimits, RateLimitSettings
 from ..dataplane import RequestContext
 from ..errors import ConfigError, Forbidden, RateLimited, ServiceError, Unauthorized
@@ -62,10 +62,14 @@ def _refusing(check: Callable[["Access"], None]) -> Callable[["Access"], None]:
 
 
 class Access:
-    """The keys (None: no keys configured) and limiter behind ``tools.access``."""
+    """The keys (None: no keys configured) and limiter behind ``tools.access``.
+
+    ``limiter``: where the buckets and in-flight counts live -- this process's memory by
+    default; ``access.shared_limits.make_limiter`` picks the one for a cluster's worker.
+    """
 
     def __init__(self, auth: AuthSettings, limits: RateLimitSettings, batch_max: int,
-                 admin_token: str | None = None):
+                 admin_token: str | None = None, limiter: Limiter | None = None):
         self.auth = auth
         self.admin_token = admin_token or None  # admin routes' credential without keys
         if auth.keys_file is not None and not auth.keys_file.exists():
@@ -74,7 +78,7 @@ class Access:
         self.keys = KeyRing(auth.keys_file) if auth.keys_file else None
         self.defaults = RateLimits(**{f.name: getattr(limits, f.name)
                                       for f in dataclasses.fields(RateLimits)})
-        self.limiter = RateLimiter()
+        self.limiter: Limiter = limiter if limiter is not None else RateLimiter()
         self.tarpit_s = limits.tarpit_s
         self._tarpit = threading.BoundedSemaphore(limits.tarpit_slots) \
             if limits.tarpit_s and limits.tarpit_slots else None
@@ -93,8 +97,8 @@ class Access:
         request.api_key = key
         if policy in RATE_LIMITED:
             client = key.id if key else request.remote.ip or "-"
-            self.limiter.enter(client, self.limits_for(key))
-            request.access_client = client  # left in release()
+            if self.limiter.enter(client, self.limits_for(key)):  # counted in flight...
+                request.access_client = client  # ...until release()
 
     def _slow_down(self) -> None:
         """Hold a refused request a moment, while a tarpit slot is free (see [ratelimit])."""

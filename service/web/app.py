@@ -11,14 +11,15 @@ import cherrypy
 from cherrypy.process.plugins import Daemonizer, PIDFile
 
 from .. import logs, metrics
+from ..access.shared_limits import make_limiter
 from ..config import REPO_ROOT, Settings, load_settings
-from ..cluster.identity import Worker
+from ..cluster.identity import Worker, this_worker
 from ..cluster.progress import WriterProgress
 from ..dataplane import DataPlane
 from ..inputlog import InputLog
 from ..models.registry import ModelRegistry
 from ..models.store import LocalStore, ModelStore, S3Store
-from . import connection_guard, limits, openapi  # noqa: F401  (limits: tools.body_limit)
+from . import connection_guard, limits, openapi, proxies  # noqa: F401  (limits: tools.body_limit)
 from .access import Access
 from .api import Predictor
 from .bodies import BodyLimits
@@ -43,7 +44,7 @@ class App:
         self.settings = settings
         self.registry = registry
         self.access = Access(settings.auth, settings.ratelimit, service.max_batch_size,
-                             service.admin_token)
+                             service.admin_token, limiter=make_limiter(this_worker()))
         self.plane = DataPlane(registry, max_pixels=service.max_pixels,
                                max_frames=service.max_frames,
                                max_batch_size=service.max_batch_size,
@@ -64,9 +65,10 @@ class App:
         self.openapi_bytes = openapi.document_bytes(openapi_document())
 
 
-def app_config(max_body_bytes: int) -> dict[str, Any]:
+def app_config(max_body_bytes: int, trusted_proxies: tuple[str, ...] = ()) -> dict[str, Any]:
     return {
         "/": {
+            **proxies.tool_config(trusted_proxies),  # first: who the client is
             "tools.body_limit.on": True,
             "tools.body_limit.limit": max_body_bytes,
             "request.body.maxbytes": max_body_bytes,
@@ -104,9 +106,10 @@ def mount(settings: Settings, worker: Worker | None = None) -> App:
     member = ClusterMember(worker, registry) if worker is not None else None
     app = App(settings, registry, inputlog, member)
     # Below CherryPy: slow clients are cut, and a full accept queue answers 503 at once.
-    server = connection_guard.install(service.client_timeout_s, app.service_metrics)
+    server = connection_guard.install(service.client_timeout_s, app.service_metrics,
+                                      header_timeout_s=service.header_timeout_s)
     server.served_by = (worker.name if worker else f"pid-{os.getpid()}").encode()
-    config = app_config(service.max_body_bytes)
+    config = app_config(service.max_body_bytes, service.trusted_proxies)
     config["/"].update(tool_config(app.service_metrics))
     config["/"].update({"tools.access.on": True, "tools.access.access": app.access,
                         "request.dispatch": TableDispatcher(TABLE, app)})

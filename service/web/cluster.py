@@ -12,6 +12,7 @@ reads there for the routes that speak for the whole cluster.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterator
@@ -128,6 +129,7 @@ class ClusterPlugin(SimplePlugin):
         # After the HTTP server (75): the registry (72) has loaded every model by now.
         self.member.follow_reloads()  # a replacement catches up with reloads (and pins)
         self.member.publish("serving")
+        log.info("%s (pid %d) serving", self.member.worker.name, os.getpid())
         self._stopping.clear()
         self._thread = threading.Thread(target=self._run, name="cluster board", daemon=True)
         self._thread.start()
