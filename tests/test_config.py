@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from service.config import REPO_ROOT, load_settings
+from service.config import REPO_ROOT, PoolSettings, load_settings
 from service.errors import ConfigError
 
 
@@ -39,7 +39,17 @@ batch_timeout_ms = 1
     assert settings.service.images_root == Path("/srv/images")
 
 
+@pytest.mark.parametrize("cores, workers, pool_size, own, threads", [
+    (2, 1, 1, 0, 2), (2, 2, 1, 0, 1), (8, 2, 2, 0, 2), (2, 4, 1, 0, 1), (8, 2, 1, 3, 3)])
+def test_intra_op_threads_0_splits_the_cores_between_workers_and_sessions(
+        monkeypatch, cores, workers, pool_size, own, threads):
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    pool = PoolSettings(pool_size=pool_size, intra_op_threads=own)
+    assert pool.for_workers(workers).threads_per_session() == threads
+
+
 @pytest.mark.parametrize("text, key", [
+    ("[service]\nworkers = -1\n", "workers"),
     ("[service]\nmax_body_bytes = 'big'\n", "max_body_bytes"),
     ("[service]\nmax_pixels = -1\n", "max_pixels"),
     ("[service]\nbogus = 1\n", "bogus"),

@@ -6,6 +6,8 @@ Every import counts, wherever it is written: at the top, inside a function, or u
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,3 +106,15 @@ def test_layers_keep_away_from_the_other_framework(layer, framework):
                        and any(target.split(".")[0] == framework
                                for target in imported_names(name, path)))
     assert not offenders, f"{framework} imported by {offenders}"
+
+
+def test_the_cluster_parent_loads_no_framework():
+    """The parent forks the workers: TensorFlow's threads would not survive the fork, and
+    prometheus_client picks its multiprocess mode when first imported -- in each worker."""
+    code = ("import sys, service.__main__, service.cluster.launch\n"
+            "print(sorted(m for m in ('tensorflow', 'cherrypy', 'prometheus_client', 'numpy')"
+            " if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=SERVICE.parent, text=True,
+                            capture_output=True, timeout=60)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip() == "[]"

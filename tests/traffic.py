@@ -32,6 +32,7 @@ class Traffic:
     served_by: Counter = field(default_factory=Counter)
     versions: Counter = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
+    request_ids: list[str] = field(default_factory=list)
     retried: int = 0
     answered: int = 0
 
@@ -93,6 +94,7 @@ class Traffic:
             self.answered += 1
             self.served_by[response.headers.get("X-Served-By")] += 1
             self.versions[body["version"]] += 1
+            self.request_ids.append(body["request_id"])
 
     def _fail(self, what: str) -> None:
         with self._lock:
