@@ -4,9 +4,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PORT   ?= 8080
+WORKERS ?= 2
 
 .PHONY: install serve daemon stop test train fast-train evaluate bench fixtures clean fuzz soak \
-        fairness hostile test-runs
+        fairness hostile test-runs cluster bench-workers
 
 install: $(STAMP)
 
@@ -26,6 +27,9 @@ daemon: install                ## run it in the background; stop with `make stop
 stop:
 	kill -TERM $$(cat var/service.pid)
 
+cluster: install               ## WORKERS workers (2) behind nginx on PORT, in the foreground; Ctrl-C stops
+	$(PY) -m service cluster --config conf/service.conf --port $(PORT) --workers $(WORKERS)
+
 test: install                  ## the whole suite (CI runs exactly this)
 	$(PY) -m pytest -q
 
@@ -43,6 +47,9 @@ evaluate: install
 
 bench: install                 ## measure and rewrite bench/RESULTS.md
 	$(PY) bench/run.py
+
+bench-workers: install         ## 1 vs 2 workers vs 2 behind nginx (~5 min) -> bench/RESULTS.md "workers"
+	$(PY) bench/workers.py
 
 fuzz: install                  ## tests/web/test_fuzz.py with many more cases than CI's default
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} $(PY) -m pytest -q tests/web/test_fuzz.py

@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service",
                                      description="Handwritten digit recognition service.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_serve_parser, _add_cluster_parser, _add_train_parser, _add_evaluate_parser, _add_export_parser,
-                _add_keys_parser, _add_publish_parser):  # in the order --help lists them
+    for add in (_add_serve_parser, _add_cluster_parser, _add_train_parser, _add_evaluate_parser,
+                _add_export_parser, _add_keys_parser, _add_publish_parser):  # as --help lists them
         add(commands)
     return parser
 

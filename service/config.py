@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import configparser
 import dataclasses
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ class PoolSettings:
     # 0: never wait; batches still hold whatever queued while the previous one ran.
     batch_timeout_ms: float = 1.0
     queue_size: int = 1024          # pending submissions before Overloaded
-    intra_op_threads: int = 0       # 0: cores // pool_size, so sessions x threads <= cores
+    intra_op_threads: int = 0       # 0: cores // (workers x pool_size): threads <= cores
     inter_op_threads: int = 1
     # A session.run taking longer than this is deemed wedged: its worker is replaced.
     worker_timeout_s: float = 30.0
@@ -53,6 +54,14 @@ class PoolSettings:
 
     def threads_per_session(self) -> int:
         return self.intra_op_threads or max(1, (os.cpu_count() or 1) // self.pool_size)
+
+    def for_workers(self, workers: int) -> "PoolSettings":
+        """These settings in one of ``workers`` processes: ``intra_op_threads = 0`` means
+        cores / (workers x pool_size), so all sessions together use each core once."""
+        if self.intra_op_threads:
+            return self
+        cores = os.cpu_count() or 1
+        return dataclasses.replace(self, intra_op_threads=max(1, cores // (workers * self.pool_size)))
 
     def check_interval(self) -> float:
         """Seconds between supervisor checks: a wedge is seen within timeout + this."""
@@ -84,6 +93,37 @@ class ServiceSettings:
     max_frames: int = 100                # frames in one GIF/TIFF/WebP/APNG
     max_json_depth: int = 32             # nesting of a JSON body
     client_timeout_s: float = 30.0       # a request must arrive in full within this (slow clients)
+    header_timeout_s: float = 10.0       # its request line and headers within this; 0: off
+    # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (web/proxies.py): addresses,
+    # CIDR networks, or "unix" (a Unix-socket peer, e.g. nginx on this machine).
+    trusted_proxies: tuple[str, ...] = ()
+    workers: int = 1                     # serving processes (serve --workers); 0: one per core
+    socket_dir: Path | None = None       # workers listen on <dir>/worker-<n>.sock (for nginx)
+    run_dir: Path = REPO_ROOT / "var" / "run"  # a cluster's shared state, under <dir>/<parent pid>
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "trusted_proxies", trusted_proxies(self.trusted_proxies))
+
+
+UNIX_PEER = "unix"  # how trusted_proxies names a Unix-socket peer (cheroot reports no address)
+
+
+def trusted_proxies(entries: Any) -> tuple[str, ...]:
+    """``[service] trusted_proxies`` checked and normalised: "unix", or IP networks as text."""
+    if isinstance(entries, str) or not isinstance(entries, (list, tuple)):
+        raise ValueError(f"trusted_proxies: expected a list of addresses, CIDR networks or "
+                         f"{UNIX_PEER!r}, got {entries!r}")
+    normalised = []
+    for entry in entries:
+        if entry == UNIX_PEER:
+            normalised.append(UNIX_PEER)
+            continue
+        try:
+            normalised.append(str(ipaddress.ip_network(entry.strip(), strict=False)))
+        except (ValueError, TypeError, AttributeError):
+            raise ValueError(f"trusted_proxies: {entry!r} is not an IP address, a CIDR network "
+                             f"(e.g. \"10.0.0.0/8\") or {UNIX_PEER!r}") from None
+    return tuple(normalised)
 
 
 @dataclass(frozen=True)
@@ -188,6 +228,9 @@ CHERRYPY_DEFAULTS: dict[str, Any] = {
     # (web/connection_guard.py); a put timeout would stall cheroot's accept loop.
     "server.accepted_queue_size": 64,
     "server.accepted_queue_timeout": 0,
+    # Idle keep-alive connections kept open (they wait in cheroot's selector, not a thread);
+    # beyond this, answers say "Connection: close" (cheroot's own default is 10).
+    "server.keep_alive_conn_limit": 256,
     "engine.autoreload.on": False,
     "log.screen": True,
     "request.show_tracebacks": False,

@@ -155,6 +155,46 @@ class ServerProcess:
             return self.proc.wait()
 
 
+def require_nginx() -> str:
+    """The nginx binary. Missing: the test fails under CI (CI=true; .ci/run installs the
+    Debian package), and is skipped elsewhere."""
+    import pytest
+
+    from service.cluster.front import find_nginx
+
+    binary = find_nginx()
+    if binary is None:
+        message = "nginx is not installed (apt-get install nginx; .ci/run installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return binary
+
+
+class ClusterProcess(ServerProcess):
+    """``python -m service cluster`` (what ``make cluster`` runs) in a subprocess: ``workers``
+    workers behind nginx on a loopback port, nginx's files and the sockets under ``tmp``."""
+
+    def __init__(self, tmp: Path, config: str = "", workers: int = 2):
+        if "run_dir" not in config:  # the cluster's shared state, out of the repo's var/
+            section = f'[service]\nrun_dir = "{tmp / "run"}"\n'
+            config = (config.replace("[service]\n", section, 1) if "[service]\n" in config
+                      else section + config)
+        super().__init__(tmp, config)
+        self.prefix = tmp / "front"
+        self.workers = workers
+        self.args = [sys.executable, "-m", "service", "cluster", "--config",
+                     str(self.config_path), "--port", str(self.port), "--workers", str(workers),
+                     "--prefix", str(self.prefix)]
+
+    def pid(self, name: str) -> int | None:
+        """A pid file's process under the prefix: "nginx" or "service" (the parent)."""
+        try:
+            return int((self.prefix / f"{name}.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+
 class S3Server:
     """moto's standalone S3-compatible server on a loopback port (a real HTTP endpoint)."""
 
