@@ -5,7 +5,7 @@ from typing import Any
 
 import cherrypy
 
-from ..dataplane import DataPlane, ModelResult, RequestContext
+from ..dataplane import DataPlane, ModelResult, RequestContext, new_request_id
 from ..errors import InvalidInput, NotFound, Unavailable
 from ..models.loader import ServedModel
 from ..models.registry import ModelState, ModelStatus
@@ -87,10 +87,12 @@ class Predictor:
 
 
 def request_context() -> RequestContext:
-    """The current HTTP request as the data plane sees it; the id is echoed in X-Request-ID."""
+    """The current HTTP request as the data plane sees it. Its id -- a trusted proxy's
+    X-Request-ID, else a new one -- is echoed in X-Request-ID."""
     request = cherrypy.request
     key = current_key()
-    context = RequestContext(route=request.path_info, client=request.remote.ip or "",
+    context = RequestContext(getattr(request, "proxy_request_id", None) or new_request_id(),
+                             route=request.path_info, client=request.remote.ip or "",
                              api_key_id=key.id if key else None)
     cherrypy.response.headers["X-Request-ID"] = context.request_id
     return context

@@ -13,8 +13,9 @@ metrics and the input log's ``client`` -- reads the rewritten ``request.remote.i
   header (an element that is not a bare IPv4 or IPv6 address, met before the client was
   found) leaves the peer as the client; it never fails the request;
 - ``X-Forwarded-Proto: http|https`` sets ``request.scheme`` and ``request.base``;
-- a sane ``X-Request-ID`` (1-128 of ``[A-Za-z0-9._-]``) is echoed in the response, so the
-  proxy's log and ours name the request alike; a prediction replaces it with its own id.
+- a sane ``X-Request-ID`` (1-128 of ``[A-Za-z0-9._-]``) is echoed in the response and is a
+  prediction's request id (the input log's key, which feedback names), so the proxy's log,
+  ours and the input log name the request alike.
 
 A Unix-socket peer has no address: cheroot reports ``""`` for it. The entry ``"unix"`` in
 ``trusted_proxies`` trusts such peers -- any process that may connect to the socket, so
@@ -113,6 +114,7 @@ def apply(trusted: TrustedProxies) -> None:
         request.base = f"{scheme}://{request.base.partition('://')[2]}"
     request_id = headers.get("X-Request-ID")
     if request_id is not None and REQUEST_ID.fullmatch(request_id):
+        request.proxy_request_id = request_id  # a prediction's id (api.request_context)
         cherrypy.serving.response.headers["X-Request-ID"] = request_id
 
 

@@ -178,6 +178,12 @@ def test_request_id_passed_through_or_generated(cluster):
                         timeout=10)
     assert lost.status_code == 404 and error_of(lost)["code"] == "model_not_found"
     assert lost.headers["X-Request-ID"] == "r-2" and "X-Served-By" in lost.headers
+    # a prediction takes the proxy's id: nginx's log, the answer and the input log agree
+    named = requests.post(f"{cluster.url}/v1/models/{MODEL}/predict", data=DIGIT7,
+                          headers={**PNG, "X-Request-ID": "client-abc.2"}, timeout=30)
+    assert named.status_code == 200 and named.json()["request_id"] == "client-abc.2"
+    assert named.headers["X-Request-ID"] == "client-abc.2"
+    assert _client_of(cluster, "client-abc.2") == "127.0.0.1"
 
 
 def test_30_mb_body_refused_by_nginx_in_the_service_shape(cluster):
