@@ -276,6 +276,9 @@ class Supervisor:
         sock = socket.create_server((self.options.host, self.options.port),
                                     family=_family(self.options.host),
                                     backlog=self.options.backlog)
+        # As cheroot does for a socket it binds: accepted connections inherit TCP_NODELAY, so
+        # an answer's last segment is not held back waiting for the client's delayed ACK.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.set_inheritable(True)
         return sock
 

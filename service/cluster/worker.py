@@ -1,4 +1,4 @@
-"""What a forked worker runs: its identity in the environment, then the web app."""
+"""What a forked worker runs: prometheus_client's multiprocess mode, then the web app."""
 from __future__ import annotations
 
 import os
@@ -15,7 +15,6 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when fir
 def worker_main(config_path: Path | None, host: str | None, port: int | None) -> WorkerMain:
     """The function a forked child runs: it serves until SIGTERM, then exits the process."""
     def main(worker: Worker, listener: socket.socket | None, socket_path: Path | None) -> None:
-        os.environ.update(worker.environ())
         os.environ[MULTIPROC_ENV] = str(worker.run_dir / "metrics")
         # Ctrl-C reaches the whole process group; the parent turns it into an orderly stop.
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -13,7 +13,7 @@ from cherrypy.process.plugins import Daemonizer, PIDFile
 from .. import logs, metrics
 from ..access.shared_limits import make_limiter
 from ..config import REPO_ROOT, Settings, load_settings
-from ..cluster.identity import Worker, this_worker
+from ..cluster.identity import Worker
 from ..cluster.progress import WriterProgress
 from ..dataplane import DataPlane
 from ..inputlog import InputLog
@@ -44,7 +44,7 @@ class App:
         self.settings = settings
         self.registry = registry
         self.access = Access(settings.auth, settings.ratelimit, service.max_batch_size,
-                             service.admin_token, limiter=make_limiter(this_worker()))
+                             service.admin_token, limiter=make_limiter(member.worker if member else None))
         self.plane = DataPlane(registry, max_pixels=service.max_pixels,
                                max_frames=service.max_frames,
                                max_batch_size=service.max_batch_size,

@@ -125,9 +125,18 @@ class ClusterPlugin(SimplePlugin):
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def subscribe(self) -> None:
+        super().subscribe()
+        # A replacement catches up with the reloads (and pins) posted before it started:
+        # after the registry loads (72), before the HTTP server accepts (75).
+        self.bus.subscribe("start", self.member.follow_reloads, priority=74)
+
+    def unsubscribe(self) -> None:
+        super().unsubscribe()
+        self.bus.unsubscribe("start", self.member.follow_reloads)
+
     def start(self) -> None:
-        # After the HTTP server (75): the registry (72) has loaded every model by now.
-        self.member.follow_reloads()  # a replacement catches up with reloads (and pins)
+        # After the HTTP server (75): this worker answers now.
         self.member.publish("serving")
         log.info("%s (pid %d) serving", self.member.worker.name, os.getpid())
         self._stopping.clear()

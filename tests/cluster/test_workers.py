@@ -231,8 +231,10 @@ def test_kill_9_of_a_worker_under_load_fails_no_request(cluster):
     assert (replaced["name"], replaced["restarts"], replaced["last_exit"]) == (
         "worker-0.1", 1, "was killed by SIGKILL")
     assert "worker-0.1" in answers_from_both(cluster)
-    # the replacement follows the reload posted earlier: it serves version 2, like its sibling
+    # the replacement caught up with the reload posted earlier before it took a request:
+    # it serves version 2, like its sibling, and no answer came from version 1
     assert replaced["models"][NAME]["version"] == 2
+    assert set(traffic.versions) == {2}
 
 
 def test_sighup_replaces_every_worker_without_a_failed_request(cluster):
