@@ -31,6 +31,9 @@ from .responses import unexpected_error
 from .routes import TABLE, openapi_document
 
 
+DAEMON_UMASK = 0o022
+
+
 class App:
     """What the route handlers share: settings, registry, data plane, input log, access, metrics.
 
@@ -108,7 +111,8 @@ def mount(settings: Settings, worker: Worker | None = None) -> App:
     # Below CherryPy: slow clients are cut, and a full accept queue answers 503 at once.
     server = connection_guard.install(service.client_timeout_s, app.service_metrics,
                                       header_timeout_s=service.header_timeout_s)
-    server.served_by = (worker.name if worker else f"pid-{os.getpid()}").encode()
+    if worker is not None:
+        server.served_by = worker.name.encode()
     config = app_config(service.max_body_bytes, service.trusted_proxies)
     config["/"].update(tool_config(app.service_metrics))
     config["/"].update({"tools.access.on": True, "tools.access.access": app.access,
@@ -165,6 +169,8 @@ def serve(config_path: Path | None, host: str | None = None, port: int | None = 
     engine = cherrypy.engine
     if daemon:
         Daemonizer(engine).subscribe()
+        # The Daemonizer (65) sets umask 0, which would make every file created world-writable.
+        engine.subscribe("start", lambda: os.umask(DAEMON_UMASK), priority=66)
     if pidfile:
         PIDFile(engine, str(pidfile)).subscribe()
     if hasattr(engine, "signal_handler"):

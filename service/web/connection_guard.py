@@ -586,7 +586,7 @@ class GuardedServer(CPWSGIServer):
         self.ConnectionClass = GuardedConnection
         self._refused = 0
         self._refusals_logged_at = 0.0
-        self.served_by: bytes | None = None  # X-Served-By of every answer (the app sets it)
+        self.served_by: bytes | None = None  # X-Served-By of every answer; None: pid-<pid>
         # cheroot's default (10) answers "Connection: close" beyond 10 idle keep-alive
         # connections; CherryPy does not expose it, so [global] server.keep_alive_conn_limit.
         self.keep_alive_conn_limit = getattr(adapter, "keep_alive_conn_limit", None) or \
@@ -615,6 +615,8 @@ class GuardedServer(CPWSGIServer):
 
     def prepare(self) -> None:
         super().prepare()
+        if self.served_by is None:  # here, not at mount: a --daemon process has forked since
+            self.served_by = f"pid-{os.getpid()}".encode()
         if self._queue_timeout:
             log.warning("server.accepted_queue_timeout = %r: a full accept queue stalls the "
                         "accept loop that long before answering 503; 0 answers at once",

@@ -33,7 +33,8 @@ def test_daemon_round_trip(tmp_path):
     url = f"http://127.0.0.1:{port}"
     pidfile = tmp_path / "service.pid"
     (tmp_path / "service.conf").write_text(
-        ONLY_CNN + f'[global]\nlog.error_file = "{tmp_path / "error.log"}"\n')
+        ONLY_CNN + f'[global]\nlog.error_file = "{tmp_path / "error.log"}"\n'
+        f'[inputlog]\ndir = "{tmp_path / "inputlog"}"\n')
     launcher = subprocess.run(
         [sys.executable, "-m", "service", "serve", "--config", str(tmp_path / "service.conf"),
          "--port", str(port), "--daemon", "--pidfile", str(pidfile)],
@@ -47,6 +48,9 @@ def test_daemon_round_trip(tmp_path):
         r = requests.post(url + "/v1/models/digits-cnn/predict", data=PNG7,
                           headers={"Content-Type": "image/png"})
         assert r.status_code == 200 and r.json()["predictions"][0]["class"] == 7
+        # files the daemon creates are not world-writable (CherryPy's Daemonizer sets umask 0)
+        made = tmp_path / "inputlog"  # the input log's directory, made by the daemon
+        assert made.is_dir() and made.stat().st_mode & 0o002 == 0
     finally:
         if pidfile.exists():
             os.kill(int(pidfile.read_text()), signal.SIGTERM)
