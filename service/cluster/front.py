@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ast
 import configparser
-import ctypes
+import functools
 import http.client
 import os
 import pwd
@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import REPO_ROOT, UNIX_PEER, load_settings
+from .supervisor import die_with_parent
 
 TEMPLATE = REPO_ROOT / "deploy" / "nginx.conf"
 DEFAULT_PREFIX = REPO_ROOT / "var" / "cluster"
@@ -295,7 +296,7 @@ class Cluster:
         # order. The kernel sends SIGTERM to a child whose launcher dies (say, kill -9).
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         return subprocess.Popen(args, cwd=REPO_ROOT, env=env, start_new_session=True,
-                                preexec_fn=_term_when_parent_dies)
+                                preexec_fn=functools.partial(die_with_parent, os.getpid()))
 
     def _wait(self, ready, timeout: float, what: str) -> int | None:
         """Until ``ready()``; None then, else the exit status (a child died, a signal came)."""
@@ -392,19 +393,6 @@ def _describe(returncode: int) -> str:
     if returncode < 0:
         return f"killed by {signal.Signals(-returncode).name}"
     return f"status {returncode}"
-
-
-def _term_when_parent_dies() -> None:
-    """In the child before exec: PR_SET_PDEATHSIG, so no child outlives a killed launcher."""
-    if _LIBC is not None:
-        _LIBC.prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
-
-
-try:
-    _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: the child only calls it
-    _LIBC.prctl
-except (OSError, AttributeError):  # not Linux
-    _LIBC = None
 
 
 def run_cluster(config: Path | None, port: int, workers: int, host: str = "127.0.0.1",

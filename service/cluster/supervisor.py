@@ -313,12 +313,13 @@ def daemonize() -> None:
 
 
 def die_with_parent(parent: int) -> None:
-    """SIGTERM this process when the parent dies, even by SIGKILL: no orphaned workers."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
-        log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+    """SIGTERM this (forked) process when ``parent`` dies, even by SIGKILL: no orphans."""
+    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:  # it died before prctl took effect
         os._exit(0)
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: children only call it
 
 
 def _family(host: str) -> socket.AddressFamily:
