@@ -19,9 +19,10 @@ PNG = {"Content-Type": "image/png"}
 class Traffic:
     """``clients`` threads POSTing a 7 to ``url``, each on its own keep-alive session.
 
-    A connection error (refused, reset, closed before an answer) is retried once, as a
-    client of a replicated service would: a prediction is idempotent. Anything else --
-    a second connection error, an HTTP error, a wrong answer -- is a failure.
+    A connection that fails before a whole answer arrives (refused, reset, closed before or
+    in the middle of the answer: a worker killed at any instant) is retried once, as a
+    client of a replicated service would: a prediction is idempotent. Anything else -- a
+    second such failure, an HTTP error, a wrong answer -- is a failure.
     """
 
     url: str
@@ -60,7 +61,7 @@ class Traffic:
         while not self._stop.is_set():
             try:
                 response = self._post(session)
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
                 with self._lock:
                     self.retried += 1
                 session.close()
