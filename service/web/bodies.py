@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import cherrypy
+from cherrypy import _cpreqbody
 import numpy as np
 
 from ..config import ServiceSettings
@@ -23,6 +24,14 @@ from .remote_paths import read_image_path
 
 RAW_IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/tiff",
                    "image/webp", "application/octet-stream")
+FORM_URLENCODED = "application/x-www-form-urlencoded"
+# curl --data-binary sends FORM_URLENCODED unless told otherwise: the commonest mistake.
+CURL_HINT = (" (curl --data-binary sends application/x-www-form-urlencoded: add "
+             "-H 'Content-Type: image/png', or the image's own type.)")
+# What CherryPy parses before a predict handler runs: forms, but not FORM_URLENCODED, whose
+# parser would refuse image bytes with a charset error before our 415 could name the fix.
+PREDICT_BODY_PROCESSORS = {k: v for k, v in _cpreqbody.Entity.processors.items()
+                           if k != FORM_URLENCODED}
 DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+(;[\w=.+-]+)*;base64,", re.IGNORECASE)
 BASE64_WHITESPACE = " \t\n\r\f\v"
 DEFAULT_MAX_JSON_DEPTH = ServiceSettings.max_json_depth
@@ -58,8 +67,9 @@ def parse_predict_body(params: dict[str, Any], limits: BodyLimits) -> PredictBod
     parser = _parser_for(content_type)
     if parser is None:
         accepted = ", ".join((*RAW_IMAGE_TYPES, "multipart/form-data", "application/json"))
+        hint = CURL_HINT if content_type == FORM_URLENCODED else ""
         raise UnsupportedMediaType(f"Content-Type {content_type or '(none)'!r} is not accepted; "
-                                   f"send one of: {accepted}.")
+                                   f"send one of: {accepted}.{hint}")
     return parser(params, limits)
 
 

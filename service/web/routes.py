@@ -7,6 +7,7 @@ policies and ``/openapi.json`` are all read from ``ROUTES``: adding a route is a
 from __future__ import annotations
 
 from ..errors import NotFound
+from .bodies import PREDICT_BODY_PROCESSORS
 from . import admin, api, compat, observability, ui
 from .access import ADMIN, FORM, HEALTH, KEY, METRICS, OPEN, unmatched_policy
 from .dispatch import Answer, Route, RouteTable
@@ -17,6 +18,8 @@ from .openapi import (ADMIN_TOKEN, B64, BINARY, HTML, JSON, NUM, OPTION_PARAMS,
 
 HTML_ANSWER = Answer(ui.render_error, ui.html_error_page)  # the form's routes: HTML pages
 BODILESS_POST = {"tools.bodiless_post.on": True}  # a bare POST .../reload is not a 411
+# A body of image bytes labelled as curl's default form type gets our 415 and its fix.
+IMAGE_BODY = {"request.body.processors": PREDICT_BODY_PROCESSORS}
 
 
 def _not_found(app, /, **_) -> None:
@@ -37,7 +40,7 @@ ROUTES = (
             **json_ok("ModelPrediction", "One prediction per image, in order; the "
                                          "X-Request-ID header echoes request_id."),
             **errors(*PREDICT_ERRORS)}, "predict", parameters=OPTION_PARAMS,
-        requestBody=predict_body()), config=BODILESS_POST),
+        requestBody=predict_body()), config={**BODILESS_POST, **IMAGE_BODY}),
     Route("/v1/models/{name}/reload", ("POST",), admin.reload, ADMIN, operation(
         "Admin: load the newest version (or pin {\"version\": N}, a rollback) beside the "
         "serving one and swap it in once warmed and through the QA gate.", {
@@ -55,7 +58,7 @@ ROUTES = (
             **errors(*PREDICT_ERRORS)}, "predict",
         parameters=[query("models", STR, "Comma-separated model names (default: every "
                                          "available model)."), *OPTION_PARAMS],
-        requestBody=predict_body())),
+        requestBody=predict_body()), config=IMAGE_BODY),
     Route("/v1/feedback", ("POST",), feedback, KEY, operation(
         "Record the true label of an earlier prediction, for the next training run.", {
             **json_ok("FeedbackResult", "The label was recorded on `updated` records."),
@@ -90,7 +93,7 @@ ROUTES = (
     Route("/recognize", ("POST",), compat.recognize, KEY, operation(
         "Seed-compatible: {\"image\": b64} -> {\"digit\", \"probability\"} (default model).", {
             **json_ok("Recognized", "The best class."), **errors(*PREDICT_ERRORS)}, "seed",
-        requestBody=predict_body())),
+        requestBody=predict_body()), config=IMAGE_BODY),
     Route("/mnist/classify", ("POST",), compat.mnist_classify, KEY, operation(
         "Seed-compatible: a raw image (or form), or JSON {\"requests\": [{\"image\": b64}]}.", {
             "200": {"description": "One image: its class and every probability; JSON "
@@ -100,7 +103,7 @@ ROUTES = (
             **errors(*PREDICT_ERRORS)}, "seed",
         requestBody={**predict_body(), "content": {
             **predict_body()["content"], JSON: {"schema": obj(("requests",), requests=array(
-                obj(("image",), image=B64), minItems=1))}}})),
+                obj(("image",), image=B64), minItems=1))}}}), config=IMAGE_BODY),
     Route("/mnist/classify/{idx}", ("GET",), compat.mnist_classify_index, KEY, operation(
         "Seed-compatible: classify MNIST test image idx.", {
             **json_ok("SeedClassification", "Its class and every probability."),

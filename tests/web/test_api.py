@@ -202,6 +202,16 @@ def test_client_errors(server, kwargs, status, code):
     assert_error(requests.post(server + CNN, **kwargs), status, code)
 
 
+@pytest.mark.parametrize("route", [CNN, "/v1/predict", "/recognize", "/mnist/classify"])
+def test_curl_s_default_form_type_gets_a_415_that_names_the_fix(server, route):
+    """``curl --data-binary @7.png URL`` labels image bytes as a form; CherryPy's form parser
+    would answer a charset error. The answer says what to add instead."""
+    r = requests.post(server + route, data=fixture("digit7_28.png"),
+                      headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert_error(r, 415, "unsupported_media_type")
+    assert "-H 'Content-Type: image/png'" in r.json()["error"]["message"]
+
+
 def test_unsupported_image_format_is_415(server):
     buffer = io.BytesIO()
     Image.open(FIXTURES / "digit7_28.png").save(buffer, format="PPM")
