@@ -94,7 +94,7 @@ class Images:
             return StoredImage(cached, False)
         known = known_image(conn, sha)
         if known is not None and (known["stored"] or self.settings.metadata_only):
-            row = ImageRow(*(known[k] for k in ImageRow.__dataclass_fields__))
+            row = ImageRow(*(known[k] for k in ImageRow._fields))
             self.remember(row)
             return StoredImage(row, False)
         fmt, width, height = sniff(data)

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import astuple, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from ..errors import Unavailable
 
@@ -69,8 +68,7 @@ CREATE INDEX IF NOT EXISTS predictions_by_time ON predictions (time);
 """
 
 
-@dataclass(frozen=True)
-class ImageRow:
+class ImageRow(NamedTuple):  # a tuple: sqlite3 inserts it as it is
     sha256: str
     key: str
     format: str | None
@@ -83,8 +81,7 @@ class ImageRow:
     pruned_at: str | None = None
 
 
-@dataclass(frozen=True)
-class PredictionRow:
+class PredictionRow(NamedTuple):
     request_id: str
     instance: int
     time: str
@@ -134,7 +131,7 @@ def open_log(directory: Path) -> sqlite3.Connection:
 
 
 def _insert_sql(table: str, cls: type, verb: str = "INSERT") -> str:
-    names = [f.name for f in fields(cls)]
+    names = cls._fields
     return f"{verb} INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
 
 
@@ -146,8 +143,8 @@ def write_batch(conn: sqlite3.Connection, images: list[ImageRow],
                 predictions: list[PredictionRow]) -> None:
     """All rows of a batch in one transaction: all of them land, or none."""
     with transaction(conn):
-        conn.executemany(INSERT_IMAGE, [astuple(row) for row in images])
-        conn.executemany(INSERT_PREDICTION, [astuple(row) for row in predictions])
+        conn.executemany(INSERT_IMAGE, images)
+        conn.executemany(INSERT_PREDICTION, predictions)
 
 
 class transaction:
