@@ -30,8 +30,11 @@ CURL_HINT = (" (curl --data-binary sends application/x-www-form-urlencoded: add 
              "-H 'Content-Type: image/png', or the image's own type.)")
 # What CherryPy parses before a predict handler runs: forms, but not FORM_URLENCODED, whose
 # parser would refuse image bytes with a charset error before our 415 could name the fix.
-PREDICT_BODY_PROCESSORS = {k: v for k, v in _cpreqbody.Entity.processors.items()
-                           if k != FORM_URLENCODED}
+# The rest as RequestBody sets them, its generic multipart one included (limits.py wraps
+# the parser that one calls: a malformed multipart body stays the client's 400).
+PREDICT_BODY_PROCESSORS = {**{k: v for k, v in _cpreqbody.Entity.processors.items()
+                              if k != FORM_URLENCODED},
+                           "multipart": _cpreqbody._old_process_multipart}
 DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+(;[\w=.+-]+)*;base64,", re.IGNORECASE)
 BASE64_WHITESPACE = " \t\n\r\f\v"
 DEFAULT_MAX_JSON_DEPTH = ServiceSettings.max_json_depth

@@ -60,7 +60,12 @@ def bearer(key: str) -> dict[str, str]:
 
 
 def status(cluster) -> dict:
-    response = requests.get(cluster.url + "/status", timeout=10)
+    """``/status``, retried once on a connection failure -- as every client here does: a
+    worker draining at that instant (SIGHUP, SIGTERM) may close a just-accepted connection."""
+    try:
+        response = requests.get(cluster.url + "/status", timeout=10)
+    except requests.ConnectionError:
+        response = requests.get(cluster.url + "/status", timeout=10)
     assert response.status_code == 200
     return response.json()
 
