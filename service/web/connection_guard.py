@@ -75,6 +75,7 @@ RECV_BYTES = 65536
 MAX_HEAD_BYTES = 1 << 20  # a head gathered off-thread, when cheroot sets no header size limit
 REFUSAL_LOG_INTERVAL_S = 10.0  # under overload, one summary line rather than one per connection
 MAX_DRAIN_BYTES = 65536
+DRAIN_POLL_S = 0.02  # how often a stopping server looks whether arriving requests are in
 
 
 def raw_response(status: str, code: str, message: str, headers: tuple[str, ...] = ()) -> bytes:
@@ -625,9 +626,30 @@ class GuardedServer(CPWSGIServer):
 
     def stop(self) -> None:
         try:
+            self._finish_arriving_requests()
             super().stop()
         finally:
             self.guard.stop()
+
+    def _finish_arriving_requests(self) -> None:
+        """Stop accepting, then wait (at most the head deadline) for the connections whose
+        request is still arriving: they wait in the selector, and cheroot's stop would close
+        them unanswered. Answered, they are served like any other before the pool stops."""
+        selector = getattr(getattr(self, "_connections", None), "_selector", None)
+        if not self.ready or not self.guard.gathers or self.socket is None or selector is None:
+            return
+        try:
+            selector.unregister(self.socket.fileno())  # no new connection from here on
+        except (KeyError, ValueError, OSError):
+            return
+        waiting = self.guard.gathering()
+        if not waiting:
+            return
+        log.info("stopping: %d connection(s) still sending their request; waiting up to "
+                 "%g s", waiting, self.guard.head_timeout_s)
+        deadline = time.monotonic() + self.guard.head_timeout_s
+        while self.guard.gathering() and time.monotonic() < deadline:
+            time.sleep(DRAIN_POLL_S)
 
     def process_conn(self, conn: HTTPConnection) -> None:
         """Queue ``conn`` for a worker; past the queue's bound, answer 503 at once."""

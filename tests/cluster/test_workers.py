@@ -60,8 +60,8 @@ def bearer(key: str) -> dict[str, str]:
 
 
 def status(cluster) -> dict:
-    """``/status``, retried once on a connection failure -- as every client here does: a
-    worker draining at that instant (SIGHUP, SIGTERM) may close a just-accepted connection."""
+    """``/status``, retried once on a connection failure, as every client here does (the
+    tests below kill and replace workers under it)."""
     try:
         response = requests.get(cluster.url + "/status", timeout=10)
     except requests.ConnectionError:

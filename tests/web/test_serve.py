@@ -7,6 +7,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -111,6 +112,23 @@ def test_sigterm_finishes_requests_in_flight(tmp_path):
     assert code == 0
     log = server.log()
     assert "loaded in" in log and "stopping model pools" in log
+
+
+def test_sigterm_answers_a_request_still_arriving(tmp_path):
+    """A connection whose request head is still arriving waits in cheroot's selector, not a
+    thread; a stopping server stops accepting, then answers it once its head is in."""
+    server = ServerProcess(tmp_path, ONLY_CNN).start()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # accepted and read: its head is arriving
+        port = sock.getsockname()[1]
+        wait_for(lambda: read_by_server(server.port, port), 30)
+        server.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: "still sending their request" in server.log(), 30,
+                 what=server.log)  # stopping, with this connection in its hands
+        sock.sendall(b"Host: x\r\n\r\n")
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert server.proc.wait(30) == 0
 
 
 def test_a_failed_model_degrades_but_others_serve(tmp_path):
