@@ -239,10 +239,16 @@ CHERRYPY_DEFAULTS: dict[str, Any] = {
 DEFAULT_MODELS = ("digits-cnn", "digits-rnn")
 
 
-def load_settings(path: Path | None) -> Settings:
-    """Read and validate ``path`` (None or a missing default file: all defaults)."""
+def config_parser() -> configparser.ConfigParser:
+    """A parser that reads config files as ``load_settings`` does (and writes them back)."""
     parser = configparser.ConfigParser(interpolation=None, delimiters=("=",))
     parser.optionxform = str  # keep key case, as CherryPy does
+    return parser
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Read and validate ``path`` (None or a missing default file: all defaults)."""
+    parser = config_parser()
     if path is not None:
         path = Path(path)
         try:

@@ -20,7 +20,6 @@ Nothing here imports CherryPy or TensorFlow: the service child does.
 from __future__ import annotations
 
 import ast
-import configparser
 import functools
 import http.client
 import os
@@ -35,8 +34,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import REPO_ROOT, UNIX_PEER, load_settings
-from .supervisor import die_with_parent
+from ..config import REPO_ROOT, UNIX_PEER, config_parser, load_settings
+from .supervisor import die_with_parent, socket_name
 
 TEMPLATE = REPO_ROOT / "deploy" / "nginx.conf"
 DEFAULT_PREFIX = REPO_ROOT / "var" / "cluster"
@@ -75,7 +74,7 @@ class Front:
 
     def sockets(self) -> list[Path]:
         """The workers' sockets, as ``serve --socket-dir`` names them."""
-        return [self.socket_dir / f"worker-{slot}.sock" for slot in range(self.workers)]
+        return [self.socket_dir / socket_name(slot) for slot in range(self.workers)]
 
     @property
     def conf(self) -> Path:
@@ -140,8 +139,7 @@ def write_config(front: Front) -> Path:
 def service_config(source: Path | None, prefix: Path) -> Path:
     """``source`` (None: every default) copied to ``<prefix>/service.conf`` with ``"unix"``
     added to ``[service] trusted_proxies``; checked as the service will check it."""
-    parser = configparser.ConfigParser(interpolation=None, delimiters=("=",))
-    parser.optionxform = str  # as config.py reads it
+    parser = config_parser()
     if source is not None:
         with open(source) as handle:
             parser.read_file(handle)

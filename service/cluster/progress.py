@@ -66,6 +66,3 @@ class WriterProgress:
                 return False
             time.sleep(POLL_S)
         return True
-
-    def close(self) -> None:
-        self._map.close()

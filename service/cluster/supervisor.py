@@ -58,7 +58,12 @@ class ClusterOptions:
     stop_timeout_s: float = 60.0  # a draining worker is killed after this
 
     def socket_path(self, slot: int) -> Path | None:
-        return self.socket_dir / f"worker-{slot}.sock" if self.socket_dir else None
+        return self.socket_dir / socket_name(slot) if self.socket_dir else None
+
+
+def socket_name(slot: int) -> str:
+    """The Unix socket worker ``slot`` listens on, in ``--socket-dir`` (nginx's upstream)."""
+    return f"worker-{slot}.sock"
 
 
 @dataclass

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import subprocess
 import sys
 import textwrap
@@ -12,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from service.cluster.front import UnixHTTPConnection
 from service.config import load_settings
 from service.errors import ConfigError
 from service.web.proxies import TrustedProxies, forwarded_scheme, parse_address
@@ -133,17 +133,6 @@ ECHO_APP = textwrap.dedent("""
 """)
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path):
-        super().__init__("localhost", timeout=10)
-        self.path = str(path)
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
-
-
 @pytest.fixture(scope="module")
 def echo(tmp_path_factory):
     """Two echo servers trusting ["unix", "127.0.0.2"]: one on TCP, one on a Unix socket."""
@@ -157,7 +146,7 @@ def echo(tmp_path_factory):
         def up():
             try:
                 for conn in (http.client.HTTPConnection("127.0.0.1", port, timeout=1),
-                             UnixHTTPConnection(sock)):
+                             UnixHTTPConnection(sock, timeout=10)):
                     conn.request("GET", "/")
                     conn.getresponse().read()
                 return True
@@ -187,11 +176,11 @@ FORWARDED = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https",
 
 def test_unix_socket_peer_is_trusted_as_unix(echo):
     _, sock = echo
-    body, headers = _ask(UnixHTTPConnection(sock), FORWARDED)
+    body, headers = _ask(UnixHTTPConnection(sock, timeout=10), FORWARDED)
     assert body == {"ip": "203.0.113.7", "base": "https://localhost", "scheme": "https",
                     "peer": "unix"}
     assert headers["X-Request-ID"] == "front-42"
-    body, _ = _ask(UnixHTTPConnection(sock), {})
+    body, _ = _ask(UnixHTTPConnection(sock, timeout=10), {})
     assert body["ip"] == "" and body["peer"] == "unix" and body["scheme"] == "http"
 
 
@@ -215,7 +204,7 @@ def test_direct_untrusted_client_headers_ignored(echo):
 def test_malformed_forwarding_never_fails(echo):
     _, sock = echo
     for value in ("", "nonsense", "203.0.113.7,,", "1.2.3.4:5", "\u00e9"):
-        body, _ = _ask(UnixHTTPConnection(sock), {"X-Forwarded-For": value,
+        body, _ = _ask(UnixHTTPConnection(sock, timeout=10), {"X-Forwarded-For": value,
                                                   "X-Forwarded-Proto": "gopher",
                                                   "X-Request-ID": "bad id\u00e9"})
         assert body["ip"] == "" and body["scheme"] == "http"
