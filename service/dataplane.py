@@ -8,13 +8,13 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 import numpy as np
 
 from .errors import DeadlineExceeded, InvalidInput, PayloadTooLarge
 from .models import preprocess
-from .models.preprocess import PreprocessSpec
+from .models.preprocess import PreprocessSpec, batch
 from .models.loader import ServedModel
 from .models.registry import ModelRegistry
 
@@ -29,8 +29,9 @@ class Instance:
     crop: float | None = None
 
 
-@dataclass(frozen=True)
-class Prediction:
+class Prediction(NamedTuple):
+    """One image's answer from one model (a tuple: a batch builds hundreds of them)."""
+
     class_id: int
     label: str
     probability: float
@@ -93,6 +94,7 @@ class DataPlane:
         self.max_frames = max_frames
         self.max_batch_size = max_batch_size
         self.timeout_s = timeout_s
+        self.preparer = batch.Preparer()  # its threads stop with the engine (web/app.py)
         preprocess.warm_up()
 
     def predict(self, model_names: list[str] | None, instances: list[Instance],
@@ -122,22 +124,28 @@ class DataPlane:
              started: float) -> dict[str, ModelResult]:
         deadline = started + self.timeout_s
         pending = []
-        prepared: dict[PreprocessSpec, tuple] = {}  # models sharing a spec share the work
+        prepared: dict[PreprocessSpec, batch.Prepared] = {}  # models sharing a spec share it
         for model in models:
             k = _check_top_k(top_k, len(model.labels))
             spec = model.manifest.preprocess
             if spec not in prepared:
-                prepared[spec] = self._prepare(spec, instances)
-            inputs, decode_s, prep_s = prepared[spec]
-            pending.append((model, k, inputs, decode_s, prep_s, model.submit(inputs, deadline)))
+                prepared[spec] = self.preparer.prepare(instances, spec,
+                                                       max_pixels=self.max_pixels,
+                                                       max_frames=self.max_frames)
+            ready = prepared[spec]
+            pending.append((model, k, ready, model.submit(ready.inputs, deadline)))
         results = {}
-        for model, k, inputs, decode_s, prep_s, future in pending:
-            probabilities, run = self._wait(model, future, deadline)
-            timing = {"decode": decode_s, "preprocess": prep_s, "queue": run.queue,
-                      "inference": run.inference, "total": time.monotonic() - started}
-            results[model.name] = ModelResult(
-                model.name, model.version, [_prediction(row, model.labels, k) for row in probabilities],
-                inputs, {key: round(value * 1000, 3) for key, value in timing.items()})
+        for model, k, ready, reply in pending:
+            probabilities, run = self._wait(model, reply, deadline)
+            total = time.monotonic() - started
+            timing = {"decode": round(ready.decode_s * 1000, 3),
+                      "preprocess": round(ready.preprocess_s * 1000, 3),
+                      "queue": round(run.queue * 1000, 3),
+                      "inference": round(run.inference * 1000, 3),
+                      "total": round(total * 1000, 3)}
+            results[model.name] = ModelResult(model.name, model.version,
+                                              predictions(probabilities, model.labels, k),
+                                              ready.inputs, timing)
         return results
 
     def _check_batch(self, instances: list[Instance]) -> None:
@@ -146,25 +154,6 @@ class DataPlane:
         if len(instances) > self.max_batch_size:
             raise PayloadTooLarge(f"The request holds {len(instances)} images; at most "
                                   f"{self.max_batch_size} are allowed.", "batch_too_large")
-
-    def _prepare(self, spec: PreprocessSpec, instances: list[Instance]):
-        decode_s = prep_s = 0.0
-        arrays = []
-        for index, inst in enumerate(instances):
-            t0 = time.monotonic()
-            try:
-                img = preprocess.decode_for(inst.data, spec, x=inst.x, y=inst.y, crop=inst.crop,
-                                            max_pixels=self.max_pixels,
-                                            max_frames=self.max_frames)
-                t1 = time.monotonic()
-                arrays.append(preprocess.to_model_input(img, spec, inst.x, inst.y, inst.crop))
-            except InvalidInput as exc:
-                if len(instances) > 1:  # say which one, in a batch
-                    exc.message = f"Image {index}: {exc.message}"
-                raise
-            decode_s += t1 - t0
-            prep_s += time.monotonic() - t1
-        return np.stack(arrays), decode_s, prep_s
 
     def _wait(self, model: ServedModel, future, deadline: float):
         try:
@@ -184,8 +173,9 @@ def _check_top_k(top_k: int | None, num_labels: int) -> int:
     return top_k
 
 
-def _prediction(row: np.ndarray, labels: list[str], k: int) -> Prediction:
-    order = np.argsort(-row, kind="stable")[:k]
-    top = [(int(c), labels[c], float(row[c])) for c in order]
-    best = top[0]
-    return Prediction(best[0], best[1], best[2], top, row)
+def predictions(probabilities: np.ndarray, labels: list[str], k: int) -> list[Prediction]:
+    """Each row's top ``k`` (ties in class order), from one sort of the whole batch."""
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k].tolist()
+    return [Prediction(classes[0], labels[classes[0]], scores[classes[0]],
+                       [(c, labels[c], scores[c]) for c in classes], row)
+            for classes, scores, row in zip(order, probabilities.tolist(), probabilities)]

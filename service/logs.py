@@ -123,6 +123,7 @@ def configure(settings: LogSettings, screen: bool) -> LogWriter:
     whether stderr should get the logs instead. A ``[logging] file`` replaces stderr.
     """
     formatter = formatter_for(settings)
+    _skip_what_no_format_shows()
     ours: list[logging.Handler] = []
     if settings.file is not None:
         settings.file.parent.mkdir(parents=True, exist_ok=True)
@@ -141,6 +142,15 @@ def configure(settings: LogSettings, screen: bool) -> LogWriter:
     service.handlers = list(logging.getLogger(ERROR_LOGGER).handlers)
     loggers = [logging.getLogger(n) for n in (ERROR_LOGGER, ACCESS_LOGGER, SERVICE_LOGGER)]
     return LogWriter(loggers, ours)
+
+
+def _skip_what_no_format_shows() -> None:
+    """Neither format prints a record's caller, thread or process: do not look them up
+    (the logging HOWTO's "Optimization"); it halves the cost of a record."""
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
 
 
 def _replace_ours(logger: logging.Logger, handlers: list[logging.Handler]) -> None:

@@ -89,6 +89,8 @@ class ServiceMetrics:
         self.request_rows = Histogram("digits_prediction_batch_size", "Images per predict "
                                       "request, by model.", ["model"], buckets=BATCH_BUCKETS,
                                       registry=self.registry)
+        # Each label set's series, looked up once: ``labels()`` validates and locks per call.
+        self._series: dict[tuple, Any] = {}
         self._scraped = (ModelStateCollector(models), StatsCollector(stats_sources))
         for collector in self._scraped:
             self.registry.register(collector)
@@ -96,17 +98,24 @@ class ServiceMetrics:
 
     # PredictionObserver
     def observed(self, result: "ModelResult", batch_size: int) -> None:
-        version = str(result.version)
         for phase, ms in result.timing_ms.items():
-            self.prediction.labels(result.model, version, phase).observe(ms / 1000.0)
-        self.request_rows.labels(result.model).observe(batch_size)
+            self._child(self.prediction, result.model, result.version, phase).observe(ms / 1000.0)
+        self._child(self.request_rows, result.model).observe(batch_size)
 
     def request_done(self, route: str, method: str, status: int, seconds: float,
                      error_code: str | None) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        self._child(self.requests, route, method, status).inc()
+        self._child(self.latency, route).observe(seconds)
         if status >= 400:
-            self.rejected.labels(error_code or f"http_{status}", str(status)).inc()
+            self._child(self.rejected, error_code or f"http_{status}", status).inc()
+
+    def _child(self, metric: Any, *labels: Any) -> Any:
+        """``metric.labels(*labels)`` (values as strings), remembered."""
+        key = (metric, labels)
+        child = self._series.get(key)
+        if child is None:
+            child = self._series[key] = metric.labels(*map(str, labels))
+        return child
 
     def exposition(self) -> bytes:
         if self.posted is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, NamedTuple
@@ -106,7 +107,12 @@ class PredictionRow(NamedTuple):
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return utc_time(time.time())
+
+
+def utc_time(seconds: float) -> str:
+    """A ``time.time()`` instant as the log's timestamps are written."""
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="microseconds")
 
 
 def connect(directory: Path) -> sqlite3.Connection:

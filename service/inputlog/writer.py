@@ -27,7 +27,7 @@ from ..dataplane import Instance, ModelResult, RequestContext
 from ..errors import Unavailable
 from .images import Images, StoredImage
 from .records import (ImageRow, PredictionRow, bytes_stored, has_labels, open_log,
-                      save_labels, utc_now, write_batch)
+                      save_labels, utc_time, write_batch)
 
 log = logging.getLogger("service.inputlog")
 
@@ -40,11 +40,12 @@ RECOUNT_S = 10.0           # in a cluster, re-read the bytes stored (all workers
 LabelsFor = Callable[[str], list[str]]  # a served model's labels, by model name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Pending:
-    """One successful predict call, as enqueued by ``put()``."""
+    """One successful predict call, as enqueued by ``put()``: references to the request's
+    own objects (nobody changes them once predicted), nothing copied or formatted."""
 
-    time: str
+    time: float  # time.time() of the prediction
     context: RequestContext
     instances: list[Instance]
     results: dict[str, ModelResult]
@@ -138,7 +139,7 @@ class Writer:
     # -- the request side ---------------------------------------------------------------------
     def put(self, context: RequestContext, instances: list[Instance],
             results: dict[str, ModelResult]) -> None:
-        pending = Pending(utc_now(), context, list(instances), dict(results), next(self._seq))
+        pending = Pending(time.time(), context, instances, results, next(self._seq))
         if self._thread is None:
             self._drop("not_running", pending.records)
             return
@@ -314,13 +315,14 @@ class Writer:
 def prediction_rows(pending: Pending, images: list[ImageRow]) -> list[PredictionRow]:
     """One row per (instance, model) of ``pending``; ``images`` are its instances' rows."""
     ctx = pending.context
+    when = utc_time(pending.time)
     rows = []
     for result in pending.results.values():
         latency = result.timing_ms.get("total")
         for index, (inst, image, pred) in enumerate(zip(pending.instances, images,
                                                         result.predictions)):
             rows.append(PredictionRow(
-                ctx.request_id, index, pending.time, ctx.route, ctx.client, ctx.api_key_id,
+                ctx.request_id, index, when, ctx.route, ctx.client, ctx.api_key_id,
                 result.model, result.version, pred.class_id, pred.label, pred.probability,
                 json.dumps(pred.top_k), image.sha256, image.format, image.width, image.height,
                 image.bytes, inst.x, inst.y, inst.crop, latency))

@@ -6,7 +6,6 @@ import contextlib
 import threading
 import time
 from pathlib import Path
-from concurrent.futures import Future
 from typing import Any, Iterator
 
 import numpy as np
@@ -15,6 +14,7 @@ from ..config import REPO_ROOT, ModelConfig
 from ..errors import ModelLoadError
 from . import graph
 from .manifest import GRAPH_FILE, Manifest, read_labels, read_manifest, sha256_bytes
+from .batching import Reply
 from .session_pool import RunTiming, SessionPool
 from .store import ModelStore, as_store
 
@@ -66,7 +66,7 @@ class ServedModel:
     def version(self) -> int:
         return self.manifest.version
 
-    def submit(self, images: np.ndarray, deadline: float | None = None) -> Future:
+    def submit(self, images: np.ndarray, deadline: float | None = None) -> Reply:
         """Queue preprocessed images (N, H, W[, C]); the future yields (probabilities, timing)."""
         return self.pool.submit(images.reshape((len(images), *self.input_shape)), deadline)
 

@@ -119,6 +119,7 @@ def mount(settings: Settings, worker: Worker | None = None) -> App:
                         "request.dispatch": TableDispatcher(TABLE, app)})
     take_over_access_log(cherrypy.tree.mount(app, "/", config))
     LifecyclePlugin(cherrypy.engine, registry, "stopping model pools").subscribe()
+    LifecyclePlugin(cherrypy.engine, app.plane.preparer, "stopping preprocessing").subscribe()
     if inputlog is not None:
         LifecyclePlugin(cherrypy.engine, inputlog, "flushing the input log").subscribe()
     if member is not None:

@@ -41,7 +41,6 @@ written straight to the socket, counted as ``overloaded``.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -58,7 +57,7 @@ from cheroot.server import ChunkedRFile, HTTPConnection, KnownLengthRFile
 from cherrypy._cpwsgi_server import CPWSGIHTTPRequest, CPWSGIServer
 
 from ..errors import http_code
-from .responses import error_payload
+from .responses import error_payload, to_json
 
 if TYPE_CHECKING:
     from ..metrics import ServiceMetrics
@@ -80,7 +79,7 @@ DRAIN_POLL_S = 0.02  # how often a stopping server looks whether arriving reques
 
 def raw_response(status: str, code: str, message: str, headers: tuple[str, ...] = ()) -> bytes:
     """A complete ``Connection: close`` HTTP/1.1 response with our JSON error body."""
-    body = json.dumps(error_payload(code, message), separators=(",", ":")).encode()
+    body = to_json(error_payload(code, message))
     lines = (f"HTTP/1.1 {status}", "Content-Type: application/json",
              f"Content-Length: {len(body)}", *headers, "Connection: close", "", "")
     return "\r\n".join(lines).encode("latin-1") + body

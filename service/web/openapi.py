@@ -8,7 +8,6 @@ with them in ``routes.py``. Schemas are JSON Schema 2020-12, as OpenAPI 3.1 spec
 from __future__ import annotations
 
 import copy
-import json
 from typing import Any, Iterable
 
 from ..errors import CODES
@@ -16,6 +15,7 @@ from . import access
 from .bodies import RAW_IMAGE_TYPES
 from .feedback import MAX_LABEL_CHARS, MAX_REQUEST_ID_CHARS
 from .fields import INT64_MAX
+from .responses import to_json
 
 JSON = "application/json"
 HTML = "text/html"
@@ -322,4 +322,4 @@ def build_document(routes: Iterable[Any]) -> dict[str, Any]:
 
 
 def document_bytes(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, separators=(",", ":")).encode()
+    return to_json(document)

@@ -9,12 +9,12 @@ CherryPy's own HTTP errors go to the route's ``error_page`` instead.
 """
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Callable
 
 import cherrypy
 import cherrypy._cperror
+import orjson
 
 from ..errors import ServiceError, http_code
 
@@ -32,10 +32,15 @@ INTERNAL_ERROR = ServiceError(MESSAGES[500], "internal_error")
 cherrypy._cperror._be_ie_unfriendly = lambda status: None
 
 
+def to_json(payload: Any) -> bytes:
+    """Compact UTF-8 JSON; dict keys that are not strings become strings, as in ``json``."""
+    return orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)
+
+
 def json_bytes(payload: Any, status: int = 200) -> bytes:
     cherrypy.response.status = status
     cherrypy.response.headers["Content-Type"] = "application/json"
-    return json.dumps(payload, separators=(",", ":")).encode()
+    return to_json(payload)
 
 
 def error_payload(code: str, message: str) -> dict:
@@ -111,7 +116,7 @@ def error_page(status: str, message: str, traceback: str, version: str) -> str:
     cherrypy.response.headers["Content-Type"] = "application/json"
     text = str(message) if code == 413 else MESSAGES.get(code) or str(message)
     note_error(http_code(code))
-    return json.dumps(error_payload(http_code(code), text))
+    return to_json(error_payload(http_code(code), text)).decode()
 
 
 def unexpected_error() -> None:
@@ -122,5 +127,5 @@ def unexpected_error() -> None:
     response = cherrypy.response
     response.status = 500
     response.headers["Content-Type"] = "application/json"
-    response.body = json.dumps(error_payload("internal_error", MESSAGES[500])).encode()
+    response.body = to_json(error_payload("internal_error", MESSAGES[500]))
     response.headers.pop("Content-Length", None)

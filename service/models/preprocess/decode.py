@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import io
 import math
+import struct
+import zlib
 from typing import Any
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin
 
@@ -29,6 +32,16 @@ DRAFT_FACTOR = 4
 ORIGINAL_SIZE_KEY = "preprocess.original_size"
 EXIF_ORIENTATION = 0x0112
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+# The plain grayscale PNG (what MNIST-style clients send) is decoded by OpenCV's libpng
+# straight into an array: 9 us against Pillow's 45 us, and no copy out of a PIL image.
+# Plain: 8 bits, gray, not interlaced, small enough that Pillow's path would not shrink it,
+# every chunk's CRC right, and no chunk Pillow would act on (transparency, frames, EXIF,
+# colour profiles). Anything else -- and anything OpenCV cannot decode -- goes to Pillow.
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PLAIN_PNG_CHUNKS = frozenset({b"IHDR", b"IDAT", b"IEND", b"tEXt", b"zTXt", b"iTXt", b"pHYs",
+                              b"tIME"})
+PLAIN_PNG_MAX_CHUNKS = 64
 
 
 def decode(
@@ -85,6 +98,43 @@ def decode_for(
     draft = (math.ceil(side), math.ceil(side)) if math.isfinite(side) else None
     mode = "L" if spec.color == "gray" else "RGB"
     return decode(data, max_pixels, draft_size=draft, draft_mode=mode, max_frames=max_frames)
+
+
+def plain_gray_png(data: bytes, spec: PreprocessSpec = DEFAULT_SPEC,
+                   max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | None:
+    """The uint8 (H, W) pixels of a plain grayscale PNG (see ``PLAIN_PNG_CHUNKS``), decoded
+    as Pillow would decode them; None for any other upload."""
+    if spec.color != "gray" or not data.startswith(PNG_SIGNATURE) or len(data) < 33:
+        return None
+    length, kind, width, height, depth, color, _, _, interlace = struct.unpack_from(
+        ">I4sIIBBBBB", data, 8)
+    shrinks_at = 2 * DRAFT_FACTOR * max(spec.width, spec.height)  # _shrink's threshold
+    if (kind != b"IHDR" or length != 13 or (depth, color, interlace) != (8, 0, 0)
+            or not 0 < min(width, height) < shrinks_at
+            or width * height > pixel_limit(max_pixels) or not _plain_chunks(data)):
+        return None
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is None or pixels.shape != (height, width) or pixels.dtype != np.uint8:
+        return None
+    return pixels
+
+
+def _plain_chunks(data: bytes) -> bool:
+    """Every chunk up to IEND is one of ``PLAIN_PNG_CHUNKS``, whole, with a correct CRC."""
+    pos, end = 8, len(data)
+    for _ in range(PLAIN_PNG_MAX_CHUNKS):
+        if pos + 12 > end:
+            return False
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        stop = pos + 8 + length
+        if kind not in PLAIN_PNG_CHUNKS or stop + 4 > end:
+            return False
+        if zlib.crc32(data[pos + 4:stop]) != int.from_bytes(data[stop:stop + 4], "big"):
+            return False
+        if kind == b"IEND":
+            return True
+        pos = stop + 4
+    return False
 
 
 def _open(data: bytes, max_pixels: int, max_frames: int = DEFAULT_MAX_FRAMES) -> Image.Image:

@@ -38,9 +38,18 @@ def _border(arr: np.ndarray) -> np.ndarray:
     return np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
 
 
+def _median(values: np.ndarray) -> float:
+    """``np.median`` of a 1-D array, without its generic machinery (20 us on 108 values)."""
+    half = values.size // 2
+    if values.size % 2:
+        return float(np.partition(values, half)[half])
+    low, high = np.partition(values, (half - 1, half))[half - 1:half + 1]
+    return (float(low) + float(high)) / 2
+
+
 def _polarity(arr: np.ndarray, invert: str) -> tuple[np.ndarray, float]:
     """Make ink bright on dark; returns the array and its background (border median) level."""
-    level = float(np.median(_border(arr)))
+    level = _median(_border(arr))
     if invert == "auto" and level > LIGHT_BACKGROUND:
         return 255 - arr, 255.0 - level
     return arr, level

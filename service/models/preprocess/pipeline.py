@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 
 import numpy as np
 from PIL import Image
@@ -10,7 +11,8 @@ from PIL import Image
 from service.errors import InvalidImage, ServiceError
 
 from .containers import DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS
-from .decode import crop_and_convert, decode_for, describe_error, requested_crop
+from .decode import (crop_and_convert, decode_for, describe_error, plain_gray_png,
+                     requested_crop)
 from .normalise import normalise
 from .spec import DEFAULT_SPEC, PreprocessSpec
 
@@ -37,9 +39,42 @@ def to_model_input(
     except ServiceError:
         raise
     except Exception as exc:
-        # Not expected after a successful decode; keep the traceback for whoever debugs it.
-        log.warning("preprocessing failed", exc_info=True)
-        raise InvalidImage(f"The image could not be processed: {describe_error(exc)}") from None
+        raise _unexpected(exc) from None
+
+
+def _unexpected(exc: Exception) -> InvalidImage:
+    # Not expected after a successful decode; keep the traceback for whoever debugs it.
+    log.warning("preprocessing failed", exc_info=True)
+    return InvalidImage(f"The image could not be processed: {describe_error(exc)}")
+
+
+def model_input(
+    data: bytes,
+    spec: PreprocessSpec = DEFAULT_SPEC,
+    *,
+    x: float | None = None,
+    y: float | None = None,
+    crop: float | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_frames: int = DEFAULT_MAX_FRAMES,
+) -> tuple[np.ndarray, float]:
+    """``spec``'s model input from upload bytes (see :func:`to_model_input`), and the
+    seconds its decoding took. A plain grayscale PNG skips Pillow (``plain_gray_png``)."""
+    started = time.monotonic()
+    if x is None and y is None and crop is None:
+        pixels = plain_gray_png(data, spec, max_pixels)
+        if pixels is not None:
+            decoded = time.monotonic()
+            try:
+                return normalise(pixels, spec, False), decoded - started
+            except ServiceError:
+                raise
+            except Exception as exc:
+                raise _unexpected(exc) from None
+    img = decode_for(data, spec, x=x, y=y, crop=crop, max_pixels=max_pixels,
+                     max_frames=max_frames)
+    decoded = time.monotonic()
+    return to_model_input(img, spec, x=x, y=y, crop=crop), decoded - started
 
 
 def preprocess(
@@ -53,8 +88,8 @@ def preprocess(
     max_frames: int = DEFAULT_MAX_FRAMES,
 ) -> np.ndarray:
     """Decode ``data`` and turn it into ``spec``'s model input (see :func:`to_model_input`)."""
-    img = decode_for(data, spec, x=x, y=y, crop=crop, max_pixels=max_pixels, max_frames=max_frames)
-    return to_model_input(img, spec, x=x, y=y, crop=crop)
+    return model_input(data, spec, x=x, y=y, crop=crop, max_pixels=max_pixels,
+                       max_frames=max_frames)[0]
 
 
 def warm_up() -> None:
