@@ -35,6 +35,10 @@ class PoolSettings:
     queue_size: int = 1024          # pending submissions before Overloaded
     intra_op_threads: int = 0       # 0: cores // (workers x pool_size): threads <= cores
     inter_op_threads: int = 1
+    # The session's worker thread, and the threads TensorFlow starts from it, run this much
+    # nicer than the request threads (0-19): when the cores are busy, the thread holding
+    # the interpreter lock -- which every request needs -- goes first.
+    compute_nice: int = 10
     # A session.run taking longer than this is deemed wedged: its worker is replaced.
     worker_timeout_s: float = 30.0
     # Fault injection, for tests and drills only: each session.run first sleeps this long,
@@ -51,6 +55,8 @@ class PoolSettings:
             raise ValueError(f"worker_timeout_s must be > 0, got {self.worker_timeout_s}")
         if self.inject_run_delay_s < 0:
             raise ValueError(f"inject_run_delay_s must be >= 0, got {self.inject_run_delay_s}")
+        if not 0 <= self.compute_nice <= 19:
+            raise ValueError(f"compute_nice must be from 0 to 19, got {self.compute_nice}")
 
     def threads_per_session(self) -> int:
         return self.intra_op_threads or max(1, (os.cpu_count() or 1) // self.pool_size)
@@ -220,7 +226,7 @@ class Settings:
 CHERRYPY_DEFAULTS: dict[str, Any] = {
     "server.socket_host": "127.0.0.1",
     "server.socket_port": 8080,
-    "server.thread_pool": 32,
+    "server.thread_pool": 16,
     "server.socket_queue_size": 128,
     "server.socket_timeout": 10,
     "server.shutdown_timeout": 10,

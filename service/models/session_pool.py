@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import queue
 import threading
 import time
@@ -60,6 +61,15 @@ class _Session:
 
     def close(self) -> None:
         self.session.close()
+
+
+def _lower_priority(nice: int) -> None:
+    """Make the calling thread ``nice`` nicer (on Linux, niceness is per thread)."""
+    if nice:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.nice(0) + nice)
+        except OSError as exc:  # e.g. a sandbox that forbids it: serve at the same priority
+            log.info("model session threads keep their priority: %s", exc)
 
 
 def _delayed(run: Callable, delay_s: float) -> Callable:
@@ -286,6 +296,7 @@ class SessionPool:
                                   "before answering", "model_unavailable"))
 
     def _open_session(self) -> _Session:
+        _lower_priority(self.settings.compute_nice)  # inherited by the threads TF starts now
         import tensorflow as tf  # first imported here, after any daemon fork
 
         from .graph import import_graph, parse_graph_def
