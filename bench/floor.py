@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""The HTTP floor: CherryPy answering a trivial JSON route, nothing else.
+
+    .venv/bin/python bench/floor.py --port 8099
+
+The benchmark's own server, not the product's: the same cheroot settings as the service
+(``CHERRYPY_DEFAULTS``: thread pool, queues, keep-alive limit), the same path as the
+predict route, and a handler that reads the request body and answers a small JSON object.
+What the service costs above this is what its own code costs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import cherrypy
+from cherrypy._cpwsgi_server import CPWSGIServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from service.config import CHERRYPY_DEFAULTS  # noqa: E402  (after the path; a leaf module)
+
+PATH = "/v1/models/digits-cnn/predict"
+
+
+class Floor:
+    @cherrypy.expose
+    @cherrypy.tools.json_out()
+    def default(self, *_args, **_params):
+        body = cherrypy.request.body.read()
+        return {"class": 7, "probability": 1.0, "bytes": len(body)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    settings = {k: v for k, v in CHERRYPY_DEFAULTS.items() if k != "server.keep_alive_conn_limit"}
+    cherrypy.config.update({**settings, "server.socket_port": args.port,
+                            "log.screen": False, "log.access_file": "",
+                            "checker.on": False, "environment": "production"})
+    cherrypy.tree.mount(Floor(), "/")
+    # CherryPy has no config key for cheroot's keep-alive limit (default 10): set it as the
+    # service does, or beyond 10 idle connections the floor would close keep-alive ones.
+    server = CPWSGIServer(cherrypy.server)
+    server.keep_alive_conn_limit = CHERRYPY_DEFAULTS["server.keep_alive_conn_limit"]
+    cherrypy.server.instance = server
+    cherrypy.engine.signals.subscribe()
+    cherrypy.engine.start()
+    cherrypy.engine.block()
+
+
+if __name__ == "__main__":
+    main()
