@@ -21,8 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from service.config import CHERRYPY_DEFAULTS  # noqa: E402  (after the path; a leaf module)
 
-PATH = "/v1/models/digits-cnn/predict"
-
 
 class Floor:
     @cherrypy.expose

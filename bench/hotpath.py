@@ -11,7 +11,6 @@ client posting the 28x28 PNG (latency), then CLIENTS clients (throughput, p99, e
 from __future__ import annotations
 
 import http.client
-import signal
 import statistics
 import subprocess
 import sys
@@ -68,12 +67,7 @@ class FloorServer:
         raise RuntimeError(f"the floor server did not answer within {timeout:.0f} s")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        base.stop_process(self.proc)
 
 
 def servers(graph: base.GraphInfo, workdir: Path) -> dict[str, Any]:

@@ -546,14 +546,7 @@ class BenchServer:
         raise RuntimeError(f"server not ready within {timeout} s:\n{self.log_tail()}")
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
     def log_tail(self, lines: int = 30) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -582,6 +575,18 @@ class BenchServer:
     def cpu_seconds(self) -> float:
         """User + system CPU the server (and any worker processes of it) has used."""
         return process_tree_cpu_seconds(self.proc.pid)
+
+
+def stop_process(proc: subprocess.Popen | None) -> None:
+    """SIGTERM, then SIGKILL after 30 s."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def post(conn: http.client.HTTPConnection, body: bytes, content_type: str):

@@ -35,6 +35,16 @@ def to_model_input(
     original, point = requested_crop(img, x, y, crop)
     try:
         pixels, cropped = crop_and_convert(img, spec, original, point, crop)
+    except ServiceError:
+        raise
+    except Exception as exc:
+        raise _unexpected(exc) from None
+    return _normalised(pixels, spec, cropped)
+
+
+def _normalised(pixels: np.ndarray, spec: PreprocessSpec, cropped: bool) -> np.ndarray:
+    """``normalise``, with any error that is not ours reported as an unreadable image."""
+    try:
         return normalise(pixels, spec, cropped)
     except ServiceError:
         raise
@@ -65,12 +75,7 @@ def model_input(
         pixels = plain_gray_png(data, spec, max_pixels)
         if pixels is not None:
             decoded = time.monotonic()
-            try:
-                return normalise(pixels, spec, False), decoded - started
-            except ServiceError:
-                raise
-            except Exception as exc:
-                raise _unexpected(exc) from None
+            return _normalised(pixels, spec, False), decoded - started
     img = decode_for(data, spec, x=x, y=y, crop=crop, max_pixels=max_pixels,
                      max_frames=max_frames)
     decoded = time.monotonic()
