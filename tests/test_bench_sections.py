@@ -17,3 +17,32 @@ def test_a_rerun_replaces_its_section_and_a_full_rewrite_keeps_it(tmp_path):
     rewritten = bench_run.keep_marked_sections("# Benchmark results\n\nfresh numbers\n", path)
     assert "fresh numbers" in rewritten and "new figures" in rewritten
     assert "flood figures" in rewritten and rewritten.count("<!-- /soak -->") == 1
+
+
+def run_of(requests_per_s: float, p50_ms: float, cpu_ms: float = 1.0) -> dict:
+    return {"latency": {"p50_ms": p50_ms, "p99_ms": 2 * p50_ms, "non200": 0},
+            "load": {"requests_per_s": requests_per_s, "p50_ms": 9.0, "p99_ms": 30.0,
+                     "non200": 1},
+            "cpu_ms_per_request": cpu_ms}
+
+
+def test_hot_path_ratios_are_taken_per_round_then_the_median():
+    from bench import hotpath
+    rates = [(1000, 500, 520), (1500, 600, 700), (800, 480, 400)]  # floor, service, log off
+    rounds = [{hotpath.FLOOR: run_of(floor, 0.5), hotpath.SERVICE: run_of(service, 1.5),
+               hotpath.LOG_OFF: run_of(off, 1.4), hotpath.TWO_WORKERS: run_of(2 * service, 2)}
+              for floor, service, off in rates]
+    summary = hotpath.summarise(rounds)
+    service = summary["servers"][hotpath.SERVICE]
+    # service/floor per round 0.5, 0.4, 0.6 -> 0.5; on/off 0.962, 0.857, 1.2 -> 0.962
+    assert service["share_of_floor"] == 0.5 and summary["inputlog_share"] == 0.962
+    assert service["p50_over_floor_ms"] == 1.0 and service["errors"] == 3
+    assert summary["servers"][hotpath.TWO_WORKERS]["share_of_floor"] == 1.0
+    judged = []
+    hotpath.targets(summary, lambda key, rule, measured, required, unit, at_most=False:
+                    judged.append((rule, measured >= required if not at_most
+                                   else measured <= required)))
+    met = dict(judged)
+    assert [v for k, v in met.items() if "no errors" in k] == [False]
+    assert [v for k, v in met.items() if "2 workers" in k] == [True]
+    assert [v for k, v in met.items() if "one process >=" in k] == [False]

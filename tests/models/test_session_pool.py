@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -448,3 +451,46 @@ def test_stop_gives_up_on_a_wedged_worker_after_its_timeout(cnn, digits):
         release.set()
         stuck.thread.join(10)
     assert not stuck.thread.is_alive()  # once unstuck it saw it was retired and ended
+
+
+
+# TF's compute threads are process-wide, started by the process's first session: so this runs
+# in a process of its own, where this pool's session is the first.
+NICE_PROBE = """
+import os, sys, threading
+import numpy as np
+sys.path[:0] = ["tests", "tests/models"]
+from test_session_pool import GRAPHS, make_pool, thread_nice
+from service.models import store
+from service.models.manifest import read_manifest
+version = store.list_versions(GRAPHS, "digits-cnn")[-1]
+directory = store.version_dir(GRAPHS, "digits-cnn", version)
+cnn = read_manifest(directory), (directory / "model.pb").read_bytes()
+base = thread_nice(threading.get_native_id())
+before = set(os.listdir("/proc/self/task"))
+pool = make_pool(cnn, compute_nice=5)
+pool.run(np.zeros((8, 28, 28, 1), np.float32), timeout=30)
+worker = next(t for t in threading.enumerate() if t.name.startswith("test-session"))
+started = set(os.listdir("/proc/self/task")) - before
+print(base, thread_nice(threading.get_native_id()), thread_nice(worker.native_id),
+      sorted(thread_nice(int(tid)) for tid in started))
+pool.stop()
+"""
+
+
+def thread_nice(native_id: int) -> int:
+    stat = Path(f"/proc/self/task/{native_id}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])  # "nice": field 19 of the whole line
+
+
+def test_session_threads_and_the_tf_threads_they_start_run_nicer():
+    root = GRAPHS.parent
+    done = subprocess.run([sys.executable, "-c", NICE_PROBE], cwd=root, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr
+    base, caller, worker, started = done.stdout.split(" ", 3)
+    started = [int(n) for n in started.strip(" []\n").split(",")]
+    assert int(caller) == int(base) and int(worker) == int(base) + 5
+    assert started.count(int(base) + 5) >= 3  # the worker and the TF threads it started
+    with pytest.raises(ValueError, match="compute_nice"):
+        PoolSettings(compute_nice=20)
