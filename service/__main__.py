@@ -123,6 +123,8 @@ def _add_train_parser(commands: Subcommands) -> None:
     _graphs_dir_option(train)
     train.add_argument("--extra-data", type=Path, metavar="DIR",
                        help="also train on the IDX dataset in DIR (from `export`)")
+    train.add_argument("--no-augment", dest="augment", action="store_false",
+                       help="train on the digits as they are (default: augmented each epoch)")
     train.set_defaults(handler=_train)
 
 
@@ -137,9 +139,11 @@ def _train(args: argparse.Namespace) -> int:
     arch = ARCHITECTURES[args.model]
     run = TrainingRun(model=args.model, epochs=args.epochs or arch.default_epochs,
                       batch_size=args.batch_size or arch.default_batch_size, seed=args.seed,
-                      limit=args.limit, graphs_dir=args.graphs_dir, extra_data=args.extra_data)
+                      limit=args.limit, graphs_dir=args.graphs_dir, extra_data=args.extra_data,
+                      augment=args.augment)
     print(f"training {run.model}: {run.epochs} epochs, batch {run.batch_size}, seed {run.seed}"
-          + (f", first {run.limit} images" if run.limit else ""), flush=True)
+          + (f", first {run.limit} images" if run.limit else "")
+          + ("" if run.augment else ", no augmentation"), flush=True)
     manifest = train(run)
     print(f"exported {manifest.name} version {manifest.version} "
           f"-> {args.graphs_dir / manifest.name / str(manifest.version)}")

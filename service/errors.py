@@ -26,6 +26,7 @@ CODES: dict[int, tuple[str, ...]] = {
           "too_many_frames", "too_many_blocks", "payload_too_large"),
     414: ("uri_too_long",),
     415: ("unsupported_media_type", "unsupported_image_format"),
+    422: ("several_digits",),
     429: ("rate_limited",),
     500: ("internal_error",),
     501: ("not_implemented",),
@@ -83,6 +84,25 @@ class BlankImage(InvalidInput):
     """The image decodes but holds no ink to classify."""
 
     code = "blank_image"
+
+
+class SeveralDigits(InvalidInput):
+    """More than one digit-sized group of ink, well apart: the caller picks one with x, y.
+
+    ``boxes`` are [left, top, width, height] in the upright image's pixels (or, if its size
+    is unknown, as shares of it), left to right."""
+
+    status = 422
+    code = "several_digits"
+
+    def __init__(self, message: str, boxes: list[list[float]]):
+        super().__init__(message)
+        self.boxes = boxes
+
+    def to_dict(self) -> dict:
+        body = super().to_dict()
+        body["error"]["boxes"] = self.boxes
+        return body
 
 
 class Unauthorized(ServiceError):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import datasets, evaluation, graph, store
+from . import augment, datasets, evaluation, graph, store
 from .architectures import get_architecture
 from .architectures.base import Architecture
 from .manifest import Manifest, TensorInfo, read_labels, sha256_bytes
@@ -27,6 +27,7 @@ class TrainingRun:
     data_dir: Path = datasets.DEFAULT_DIR
     verbose: int = 1
     extra_data: Path | None = None  # an IDX pair (e.g. `python -m service export`) added to train
+    augment: bool = True  # each epoch on freshly augmented digits (augment.py)
 
 
 def to_input_shape(images: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
@@ -60,8 +61,7 @@ def train(run: TrainingRun) -> Manifest:
     model.compile(optimizer=keras.optimizers.Adam(_learning_rate(arch, steps)),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     started = time.monotonic()
-    model.fit(to_input(x_train, arch), y_train.astype(np.int64), epochs=run.epochs,
-              batch_size=run.batch_size, shuffle=True, verbose=run.verbose)
+    fit(model, arch, run, x_train, y_train.astype(np.int64))
     train_seconds = time.monotonic() - started
 
     frozen = graph.freeze_keras_model(model, arch.input_shape)
@@ -89,11 +89,28 @@ def train(run: TrainingRun) -> Manifest:
                   "extra_images": extra,
                   "learning_rate": arch.learning_rate, "lr_schedule": arch.lr_schedule,
                   "optimizer": "adam",
+                  "augmentation": augment.DEFAULT.describe() if run.augment else None,
                   "seconds": round(train_seconds, 1)},
     )
     out = store.write_version(run.graphs_dir, manifest, frozen.graph_def_bytes)
     evaluation.confusion_png(result, labels, out / "confusion.png")
     return manifest
+
+
+def fit(model, arch: Architecture, run: TrainingRun, images: np.ndarray,
+        labels: np.ndarray) -> None:
+    """Train for ``run.epochs``; with augmentation, each epoch on a new draw of the images."""
+    if not run.augment:
+        model.fit(to_input(images, arch), labels, epochs=run.epochs, batch_size=run.batch_size,
+                  shuffle=True, verbose=run.verbose)
+        return
+    rng = np.random.default_rng(run.seed)
+    for epoch in range(run.epochs):
+        if run.verbose:
+            print(f"Epoch {epoch + 1}/{run.epochs}: augmenting {len(images)} images", flush=True)
+        model.fit(to_input(augment.augment(images, rng), arch), labels,
+                  initial_epoch=epoch, epochs=epoch + 1, batch_size=run.batch_size,
+                  shuffle=True, verbose=run.verbose)
 
 
 def with_extra_data(images: np.ndarray, labels: np.ndarray, extra_dir: Path

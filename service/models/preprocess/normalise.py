@@ -6,6 +6,8 @@ from PIL import Image
 
 from service.errors import BlankImage
 
+from .background import ink_map
+from .components import BLANK_MESSAGE, digit_ink
 from .spec import MNIST_SIZE, PreprocessSpec
 
 MNIST_BOX = 20  # MNIST digits were scaled so their longest side is 20 px...
@@ -13,20 +15,20 @@ MNIST_CENTRE = 14.0  # ...and shifted so the centre of mass sits here (index coo
 LIGHT_BACKGROUND = 127  # border median above this means dark ink on light paper
 CLEAN_BACKGROUND = 8  # a 28x28 image whose border median is at most this is already MNIST-like
 MIN_INK = 24  # contrast (0-255) below which there is nothing we would call a digit
-NOISE_CAP = 48  # never treat more than this above the paper level as noise
 # Fraction of the peak ink a pixel needs to count towards the bounding box: high enough to
 # ignore blur, JPEG ringing and anti-aliasing halos, which would otherwise shrink the digit.
 INK_THRESHOLD = 0.2
-BLANK_MESSAGE = "The image is blank: no digit was found."
 
 
-def normalise(pixels: np.ndarray, spec: PreprocessSpec, cropped: bool) -> np.ndarray:
+def normalise(pixels: np.ndarray, spec: PreprocessSpec, cropped: bool,
+              original: tuple[int, int] | None = None) -> np.ndarray:
     """``spec``'s model input from an image's uint8 pixels ((H, W) gray or (H, W, 3) RGB, in
     ``spec``'s colour): float32 in [0, 1], ink bright on dark. ``cropped``: the pixels are a
-    crop of the upload, never passed through as already MNIST-like."""
-    arr, level = _polarity(pixels, spec.invert)
+    crop of the upload around the caller's point, never passed through as already
+    MNIST-like. ``original``: the upright upload's (width, height), for error boxes."""
     if spec.kind == "mnist":
-        return _mnist(arr, level, cropped)
+        return _mnist(pixels, spec.invert, cropped, original)
+    arr, _ = _polarity(pixels, spec.invert)
     return _resize(arr, spec.width, spec.height)
 
 
@@ -55,13 +57,16 @@ def _polarity(arr: np.ndarray, invert: str) -> tuple[np.ndarray, float]:
     return arr, level
 
 
-def _mnist(gray: np.ndarray, level: float, cropped: bool) -> np.ndarray:
-    # Already in MNIST form: pass through untouched so results match offline evaluation.
-    if not cropped and gray.shape == (MNIST_SIZE, MNIST_SIZE) and level <= CLEAN_BACKGROUND:
-        if int(gray.max()) - level < MIN_INK:
-            raise BlankImage(BLANK_MESSAGE)
-        return gray.astype(np.float32) / np.float32(255)
-    ink = _remove_background(gray, level)
+def _mnist(gray: np.ndarray, invert: str, cropped: bool,
+           original: tuple[int, int] | None) -> np.ndarray:
+    if not cropped and gray.shape == (MNIST_SIZE, MNIST_SIZE):
+        # Already in MNIST form: pass through untouched so results match offline evaluation.
+        arr, level = _polarity(gray, invert)
+        if level <= CLEAN_BACKGROUND:
+            if int(arr.max()) - level < MIN_INK:
+                raise BlankImage(BLANK_MESSAGE)
+            return arr.astype(np.float32) / np.float32(255)
+    ink = digit_ink(ink_map(gray, invert), cropped, original)
     digit = _scale_ink_box(ink)
     canvas = _centre_by_mass(digit)
     peak = canvas.max()
@@ -70,24 +75,13 @@ def _mnist(gray: np.ndarray, level: float, cropped: bool) -> np.ndarray:
     return (canvas / peak).astype(np.float32)
 
 
-def _remove_background(gray: np.ndarray, level: float) -> np.ndarray:
-    """Paper (and its noise) to 0, the strongest ink to 255, as uint8."""
-    # Photographed paper is not black after inversion and is noisy: subtract a high border
-    # percentile, capped so ink touching the border cannot erase the digit.
-    noise = float(np.percentile(_border(gray), 90)) - level
-    floor = level + min(max(noise, 0.0), NOISE_CAP)
-    ink = np.clip(gray.astype(np.float32) - floor, 0, None)
-    peak = float(ink.max())
-    if peak < MIN_INK:
-        raise BlankImage(BLANK_MESSAGE)
-    return (ink * (255 / peak)).round().astype(np.uint8)
-
-
 def _scale_ink_box(ink: np.ndarray) -> np.ndarray:
     """Crop to the ink's bounding box and resize its longest side to 20 px (float32)."""
-    mask = ink > 255 * INK_THRESHOLD
+    peak = float(ink.max())
+    mask = ink > peak * INK_THRESHOLD
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    box = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    box = (ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] * (255 / peak)).round()
+    box = box.astype(np.uint8)
     height, width = box.shape
     scale = MNIST_BOX / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))

@@ -39,13 +39,14 @@ def to_model_input(
         raise
     except Exception as exc:
         raise _unexpected(exc) from None
-    return _normalised(pixels, spec, cropped)
+    return _normalised(pixels, spec, cropped, original)
 
 
-def _normalised(pixels: np.ndarray, spec: PreprocessSpec, cropped: bool) -> np.ndarray:
+def _normalised(pixels: np.ndarray, spec: PreprocessSpec, cropped: bool,
+                original: tuple[int, int]) -> np.ndarray:
     """``normalise``, with any error that is not ours reported as an unreadable image."""
     try:
-        return normalise(pixels, spec, cropped)
+        return normalise(pixels, spec, cropped, original)
     except ServiceError:
         raise
     except Exception as exc:
@@ -75,7 +76,7 @@ def model_input(
         pixels = plain_gray_png(data, spec, max_pixels)
         if pixels is not None:
             decoded = time.monotonic()
-            return _normalised(pixels, spec, False), decoded - started
+            return _normalised(pixels, spec, False, pixels.shape[::-1]), decoded - started
     img = decode_for(data, spec, x=x, y=y, crop=crop, max_pixels=max_pixels,
                      max_frames=max_frames)
     decoded = time.monotonic()
