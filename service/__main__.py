@@ -157,6 +157,11 @@ def _add_evaluate_parser(commands: Subcommands) -> None:
     evaluate.add_argument("--version", type=int, help="default: the newest")
     _graphs_dir_option(evaluate)
     _config_option(evaluate, "for the QA gate's accuracy floor")
+    evaluate.add_argument("--wild", action="store_true",
+                          help="score on the wild set (MNIST test digits rendered as photos, "
+                               "scans, drawings...) and scikit-learn's digits, per category")
+    evaluate.add_argument("--out", type=Path, metavar="DIR",
+                          help="with --wild: where the figures go (default var/wild/<model>)")
     evaluate.set_defaults(handler=_evaluate)
 
 
@@ -166,7 +171,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     settings = load_settings(config_path(args.config))
     config = next((m for m in settings.models if m.name == args.model), ModelConfig(args.model))
-    return run_evaluation(args.model, args.version, args.graphs_dir, config)
+    wild_out = (args.out or REPO_ROOT / "var" / "wild" / args.model) if args.wild else None
+    return run_evaluation(args.model, args.version, args.graphs_dir, config, wild_out)
 
 
 def _add_export_parser(commands: Subcommands) -> None:

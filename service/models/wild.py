@@ -250,8 +250,8 @@ def inverted(digit: np.ndarray, rng: np.random.Generator) -> bytes:
 
 
 def tiny(digit: np.ndarray, rng: np.random.Generator) -> bytes:
-    """A thumbnail: 10-24 px, dark on light."""
-    side = int(rng.integers(10, 25))
+    """A thumbnail: 14-28 px, dark on light."""
+    side = int(rng.integers(14, 29))
     big = 255 - np.pad(digit, 4).astype(np.float32)
     small = cv2.resize(big, (side, side), interpolation=cv2.INTER_AREA)
     return encode(small, "PNG")

@@ -10,6 +10,8 @@ MNIST keeps them; thresholds are for finding the digit only (components.py).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import cv2
 import numpy as np
 
@@ -24,21 +26,40 @@ STROKE_MARGIN = 3.0
 TAIL = 99.5            # percentile of the deviations from the paper that decides polarity
 
 
-def ink_map(gray: np.ndarray, invert: str) -> np.ndarray:
-    """float32 (H, W) in [0, 1]: 0 on paper, 1 for ink as far from the paper as it can be.
+class InkMap(NamedTuple):
+    ink: np.ndarray  # float32 (H, W) in [0, 1]: 0 on paper, 1 for ink as far from it as can be
+    noise: float     # the image's noise (a standard deviation), in the same units
 
-    ``invert`` "auto" finds which way the ink goes (darker or lighter than the paper);
-    "never" takes ink as lighter, as MNIST draws it.
-    """
+
+def ink_map(gray: np.ndarray, invert: str) -> InkMap:
+    """The ink of ``gray`` against its paper. ``invert`` "auto" finds which way the ink goes
+    (darker or lighter than the paper); "never" takes ink as lighter, as MNIST draws it."""
     arr = gray.astype(np.float32)
-    median = _median_level(gray)
-    dark = invert == "auto" and _ink_is_dark(arr, median)
-    paper = _paper(gray, dark, median)
+    even = _even_paper(gray)
+    rough = even if even is not None else _median_level(gray)
+    dark = _ink_is_dark(arr, rough)
+    if invert == "never" and dark:  # light paper, as a model that never inverts cannot read
+        return InkMap(np.zeros(gray.shape, np.float32), 0.0)
+    paper = even if even is not None else _paper(gray, dark, rough)
     if dark:
-        ink = (paper - arr) / np.maximum(paper, MIN_PAPER)
+        scale = np.maximum(paper, MIN_PAPER)
+        ink = (paper - arr) / scale
     else:
-        ink = (arr - paper) / np.maximum(255.0 - paper, MIN_PAPER)
-    return np.clip(ink, 0.0, 1.0, out=ink)
+        scale = np.maximum(255.0 - paper, MIN_PAPER)
+        ink = (arr - paper) / scale
+    noise = _noise(gray) / float(np.median(scale))
+    return InkMap(np.clip(ink, 0.0, 1.0, out=ink), noise)
+
+
+def _noise(gray: np.ndarray) -> float:
+    """The pixels' noise: how far they stray from their 5x5 median (a compressed image's
+    grain is smoothed, not gone), at the median pixel -- paper or the inside of a stroke,
+    not the few at stroke edges."""
+    if min(gray.shape) < 5:
+        return 0.0
+    stray = np.abs(gray.astype(np.int16) - cv2.medianBlur(gray, 5))[::2, ::2].ravel()
+    half = stray.size // 2
+    return 1.4826 * float(np.partition(stray, half)[half])
 
 
 def _ink_is_dark(arr: np.ndarray, median: np.ndarray | float) -> bool:
@@ -64,22 +85,27 @@ def _too_small(gray: np.ndarray) -> bool:
     return max(gray.shape) < 2 * MNIST_SIZE
 
 
-def _median_level(gray: np.ndarray) -> np.ndarray | float:
+def _even_paper(gray: np.ndarray) -> float | None:
+    """The paper's one level when the frame shows one (scans, drawings, small images)."""
+    ring = _ring(gray)
+    low, high = np.percentile(ring, (5, 95))
+    if high - low <= FLAT_SPREAD or _too_small(gray):
+        return float(np.median(ring))
+    return None
+
+
+def _median_level(gray: np.ndarray) -> np.ndarray:
     """A rough paper level either way the ink goes: a wide median at low resolution."""
-    if _too_small(gray):
-        return _border_median(gray)
     small, _ = _small(gray)
     side = max(3, round(CLOSE_SHARE * max(small.shape)) | 1)
     level = cv2.medianBlur(small, min(side, 255))
     return cv2.resize(level, gray.shape[::-1], interpolation=cv2.INTER_LINEAR).astype(np.float32)
 
 
-def _paper(gray: np.ndarray, dark: bool, median: np.ndarray | float) -> np.ndarray | float:
+def _paper(gray: np.ndarray, dark: bool, median: np.ndarray) -> np.ndarray | float:
     """The paper's level per pixel: a closing (dark ink) or opening (light ink) with a square
     a few strokes wide -- which keeps vignettes, gradients and shadow edges and drops the
     strokes -- or one level when the paper is flat anyway."""
-    if _too_small(gray):
-        return median
     side = _stroke_side(gray, dark, median)
     operation = cv2.MORPH_CLOSE if dark else cv2.MORPH_OPEN
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (side, side))
@@ -108,8 +134,11 @@ def _stroke_side(gray: np.ndarray, dark: bool, median: np.ndarray) -> int:
     return int(min(widest, max(3, round(STROKE_MARGIN * width)) | 1))
 
 
-def _border_median(gray: np.ndarray) -> float:
+def _ring(gray: np.ndarray) -> np.ndarray:
+    """The outermost pixels, where the paper shows."""
     if min(gray.shape) < 3:
-        return float(np.median(gray))
-    ring = np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
-    return float(np.median(ring))
+        return gray.ravel()
+    return np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
+
+
+

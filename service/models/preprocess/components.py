@@ -17,8 +17,12 @@ import numpy as np
 
 from service.errors import BlankImage, SeveralDigits
 
+from .background import InkMap
+
 MIN_CONTRAST = 0.1     # ink weaker than this share of the paper's brightness is no digit
 PEAK_PERCENTILE = 99.9
+NOISE_PEAK = 8.0       # the peak ink stands this many noise deviations above the paper...
+NOISE_FLOOR = 5.0      # ...and ink is at least this many
 PEAK_SHARE = 0.5       # the threshold is at least this share of the (robust) peak ink
 SPECK_SHARE = 2e-4     # components smaller than this share of the image are dust
 LINE_THICKNESS = 0.015  # thinner on average than this share of the short side, and long...
@@ -52,7 +56,7 @@ class Component:
         return self.top + self.height
 
 
-def digit_ink(ink: np.ndarray, cropped: bool,
+def digit_ink(found: InkMap, cropped: bool,
               original: tuple[int, int] | None = None) -> np.ndarray:
     """The digit's ink (float32, 0-1), cut to its box, everything else zero.
 
@@ -60,10 +64,11 @@ def digit_ink(ink: np.ndarray, cropped: bool,
     nearest its centre and other digits are no error. ``original`` (width, height) is the
     upright image's size, for the boxes of a ``SeveralDigits`` error.
     """
+    ink, noise = found
     peak = float(np.percentile(ink, PEAK_PERCENTILE))
-    if peak < MIN_CONTRAST:
+    if peak < max(MIN_CONTRAST, NOISE_PEAK * noise):
         raise BlankImage(BLANK_MESSAGE)
-    mask = ink >= max(_otsu(ink), PEAK_SHARE * peak, MIN_CONTRAST)
+    mask = ink >= max(_otsu(ink), PEAK_SHARE * peak, MIN_CONTRAST, NOISE_FLOOR * noise)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
     strength = np.bincount(labels.ravel(), ink.ravel(), count) / np.maximum(stats[:, 4], 1)
     found = [Component(i, *map(int, stats[i]), float(strength[i])) for i in range(1, count)]
