@@ -21,6 +21,7 @@ from service.errors import (
     InvalidInput,
     PayloadTooLarge,
     ServiceError,
+    SeveralDigits,
     UnsupportedMediaType,
 )
 from service.models import preprocess as preprocess_package
@@ -458,19 +459,21 @@ def test_crop_fraction_from_the_spec_is_the_default_around_a_point(mnist):
     canvas, seven, two = two_digits(mnist)
     spec = PreprocessSpec(crop_fraction=1.0)
     assert corr(to_model_input(canvas, spec, x=168, y=56), two) > 0.9
-    # Without a point the spec's fraction does not crop: both digits are seen.
-    both = to_model_input(canvas, spec)
-    assert corr(both, two) < 0.9 and corr(both, seven) < 0.9
+    # Without a point the spec's fraction does not crop: both digits are seen, and said.
+    with pytest.raises(SeveralDigits) as info:
+        to_model_input(canvas, spec)
+    assert info.value.status == 422 and len(info.value.boxes) == 2
 
 
 def test_crop_without_a_point_crops_around_the_centre(mnist):
     images, _ = mnist
     canvas = Image.new("L", (300, 300), 0)
-    canvas.paste(upscaled(images[0], 4), (94, 94))
-    canvas.paste(Image.new("L", (30, 30), 255), (0, 0))  # a blot in the corner
+    canvas.paste(upscaled(images[0], 3), (108, 108))
+    canvas.paste(upscaled(images[1], 3), (0, 0))  # another digit in the corner
     data = encode(canvas, "PNG")
     assert corr(preprocess(data, crop=0.5), images[0]) > 0.9
-    assert corr(preprocess(data), images[0]) < 0.8
+    with pytest.raises(SeveralDigits):
+        preprocess(data)
 
 
 @pytest.mark.parametrize("crop", [0, 0.0, -0.5, 1.5, float("nan"), float("inf"), "0.5", True])

@@ -23,6 +23,7 @@ FLAT_SPREAD = 12.0     # paper levels within this (0-255) are one level: no flat
 MIN_PAPER = 24.0       # darker paper than this is measured against this (no division by ~0)
 STROKE_CONTRAST = 0.2  # darker than the fitted paper by this share: ink, to measure strokes
 STROKE_MARGIN = 3.0
+STROKE_FALLBACK = 0.1  # the square's share of the long side when no stroke can be measured
 TAIL = 99.5            # percentile of the deviations from the paper that decides polarity
 
 
@@ -127,8 +128,8 @@ def _stroke_side(gray: np.ndarray, dark: bool, median: np.ndarray) -> int:
     h, w = mask.shape
     inner = [i for i in range(1, count) if stats[i, 0] > 0 and stats[i, 1] > 0
              and stats[i, 0] + stats[i, 2] < w and stats[i, 1] + stats[i, 3] < h]
-    if not inner:
-        return widest
+    if not inner:  # no stroke clear of the frame to measure: a typical one
+        return int(max(3, round(STROKE_FALLBACK * max(gray.shape))) | 1)
     distance = cv2.distanceTransform(mask, cv2.DIST_L2, 3)
     width = 2 * float(np.percentile(distance[np.isin(labels, inner)], 95))
     return int(min(widest, max(3, round(STROKE_MARGIN * width)) | 1))
