@@ -7,7 +7,7 @@ PORT   ?= 8080
 WORKERS ?= 2
 
 .PHONY: install serve daemon stop test train fast-train evaluate bench fixtures clean fuzz soak \
-        fairness hostile test-runs cluster bench-workers
+        fairness hostile test-runs cluster bench-workers accuracy wild
 
 install: $(STAMP)
 
@@ -34,8 +34,8 @@ test: install                  ## the whole suite (CI runs exactly this)
 	$(PY) -m pytest -q
 
 train: install                 ## train both models in full and export new versions to graphs/
-	$(PY) -m service train --model digits-cnn --epochs 12 --batch-size 128
-	$(PY) -m service train --model digits-rnn --epochs 20 --batch-size 128
+	$(PY) -m service train --model digits-cnn --epochs 30 --batch-size 128
+	$(PY) -m service train --model digits-rnn --epochs 30 --batch-size 128
 
 fast-train: install            ## one epoch of each into var/graphs (not served: below the QA floor)
 	$(PY) -m service train --model digits-cnn --epochs 1 --graphs-dir var/graphs
@@ -65,6 +65,12 @@ fairness: install              ## a flood from one key vs another key's latency 
 
 hostile: install               ## the hostile-input table against a fresh server -> bench/RESULTS.md
 	$(PY) bench/hostile.py
+
+accuracy: install              ## the default model on the wild set, MNIST, preprocessing speed -> bench/RESULTS.md
+	$(PY) bench/accuracy.py
+
+wild: install                  ## the wild set's figures and pictures only, into var/wild/ (no RESULTS.md)
+	$(PY) -m service evaluate --model digits-cnn --wild
 
 test-runs: install             ## the whole suite 5 times on a clean clone -> bench/RESULTS.md
 	$(PY) bench/test_runs.py --runs $${RUNS:-5}

@@ -162,6 +162,8 @@ def _add_evaluate_parser(commands: Subcommands) -> None:
                                "scans, drawings...) and scikit-learn's digits, per category")
     evaluate.add_argument("--out", type=Path, metavar="DIR",
                           help="with --wild: where the figures go (default var/wild/<model>)")
+    evaluate.add_argument("--per-category", type=int, default=None, metavar="N",
+                          help="with --wild: images per category (default 200)")
     evaluate.set_defaults(handler=_evaluate)
 
 
@@ -172,7 +174,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     settings = load_settings(config_path(args.config))
     config = next((m for m in settings.models if m.name == args.model), ModelConfig(args.model))
     wild_out = (args.out or REPO_ROOT / "var" / "wild" / args.model) if args.wild else None
-    return run_evaluation(args.model, args.version, args.graphs_dir, config, wild_out)
+    return run_evaluation(args.model, args.version, args.graphs_dir, config, wild_out,
+                          args.per_category)
 
 
 def _add_export_parser(commands: Subcommands) -> None:

@@ -20,16 +20,16 @@ SIZE = 28
 class Augmentation:
     """The ranges drawn from (uniformly) for each image; ``keep`` is the share left as is."""
 
-    keep: float = 0.1
-    rotate_deg: float = 12.0
-    scale: float = 0.12          # 1 +- this
-    shear: float = 0.2           # x += shear * y
+    keep: float = 0.25
+    rotate_deg: float = 10.0
+    scale: float = 0.1          # 1 +- this
+    shear: float = 0.15         # x += shear * y
     shift_px: float = 2.0
-    elastic_p: float = 0.5
+    elastic_p: float = 0.35
     elastic_alpha: float = 6.0   # pixels of displacement, before smoothing
     elastic_sigma: float = 3.5
-    thicken_p: float = 0.15
-    thin_p: float = 0.1
+    thicken_p: float = 0.1
+    thin_p: float = 0.05
 
     def describe(self) -> dict:
         return asdict(self)

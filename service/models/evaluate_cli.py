@@ -7,20 +7,20 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..config import ModelConfig
-from . import datasets, evaluation, wild_eval
+from . import datasets, evaluation, wild, wild_eval
 from .loader import load_version
 from .training import to_input_shape
 
 
 def run_evaluation(name: str, version: int | None, graphs_dir: Path, config: ModelConfig,
-                   wild_out: Path | None = None) -> int:
+                   wild_out: Path | None = None, per_category: int | None = None) -> int:
     """Load through the registry's path (checksum, QA gate, session pool), then score on the
     MNIST test set, or (``wild_out``) on the wild set."""
     config = ModelConfig(name, version, config.min_accuracy, config.pool)
     model = load_version(graphs_dir, config)
     if wild_out is not None:
         try:
-            report = wild_eval.run(model, wild_out)
+            report = wild_eval.run(model, wild_out, per_category or wild.PER_CATEGORY)
         finally:
             model.close()
         print(report.table())

@@ -29,6 +29,6 @@ ARCHITECTURE = Architecture(
     description="Conv 3x3x32, conv 3x3x64, max-pool, dropout, dense 128, dropout, softmax 10",
     input_shape=(28, 28, 1),
     build=build,
-    default_epochs=12,
+    default_epochs=30,
     lr_schedule="cosine",
 )

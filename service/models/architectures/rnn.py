@@ -24,7 +24,7 @@ ARCHITECTURE = Architecture(
     description="LSTM 128 over 28 rows of 28 pixels, softmax 10",
     input_shape=(28, 28),
     build=build,
-    default_epochs=20,
+    default_epochs=30,
     learning_rate=2e-3,
     lr_schedule="cosine",
 )

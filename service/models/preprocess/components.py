@@ -23,6 +23,7 @@ MIN_CONTRAST = 0.1     # ink weaker than this share of the paper's brightness is
 PEAK_PERCENTILE = 99.9
 NOISE_PEAK = 8.0       # the peak ink stands this many noise deviations above the paper...
 NOISE_FLOOR = 5.0      # ...and ink is at least this many
+FAINT_SHARE = 0.2      # ink this strong joins the pieces it connects
 PEAK_SHARE = 0.5       # the threshold is at least this share of the (robust) peak ink
 SPECK_SHARE = 2e-4     # components smaller than this share of the image are dust
 LINE_THICKNESS = 0.015  # thinner on average than this share of the short side, and long...
@@ -46,6 +47,7 @@ class Component:
     height: int
     area: int
     strength: float = 0.0  # mean ink
+    faint: int = 0  # the component of fainter ink it belongs to
 
     @property
     def right(self) -> int:
@@ -68,10 +70,17 @@ def digit_ink(found: InkMap, cropped: bool,
     peak = float(np.percentile(ink, PEAK_PERCENTILE))
     if peak < max(MIN_CONTRAST, NOISE_PEAK * noise):
         raise BlankImage(BLANK_MESSAGE)
-    mask = ink >= max(_otsu(ink), PEAK_SHARE * peak, MIN_CONTRAST, NOISE_FLOOR * noise)
+    floor = max(MIN_CONTRAST, NOISE_FLOOR * noise)
+    mask = ink >= max(_otsu(ink), PEAK_SHARE * peak, floor)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
     strength = np.bincount(labels.ravel(), ink.ravel(), count) / np.maximum(stats[:, 4], 1)
-    found = [Component(i, *map(int, stats[i]), float(strength[i])) for i in range(1, count)]
+    # Hysteresis: pieces that fainter ink joins (a light stroke between them) are one.
+    _, faint = cv2.connectedComponents((ink >= max(FAINT_SHARE * peak, floor)).view(np.uint8),
+                                       connectivity=8)
+    stroke_of = np.zeros(count, np.int32)
+    stroke_of[labels.ravel()] = faint.ravel()
+    found = [Component(i, *map(int, stats[i]), float(strength[i]), int(stroke_of[i]))
+             for i in range(1, count)]
     strongest = max((c.strength for c in found), default=0.0)
     parts = [c for c in found if not _clutter(c, ink.shape, strongest)]
     if not parts:
@@ -127,14 +136,16 @@ def _gap(a: Component, box: tuple[int, int, int, int]) -> float:
 
 
 def _group(main: Component, parts: list[Component]) -> list[Component]:
-    """``main`` and, repeatedly, every component within JOIN_GAP of the group's size."""
+    """``main`` and, repeatedly, every component within JOIN_GAP of the group's size or
+    joined to it by fainter ink."""
     group = [main]
     rest = [c for c in parts if c is not main]
     grown = True
     while grown and rest:
         box = _box(group)
         size = max(box[2] - box[0], box[3] - box[1])
-        near = [c for c in rest if _gap(c, box) <= JOIN_GAP * size]
+        faint = {c.faint for c in group}
+        near = [c for c in rest if c.faint in faint or _gap(c, box) <= JOIN_GAP * size]
         group += near
         rest = [c for c in rest if c not in near]
         grown = bool(near)
