@@ -35,13 +35,15 @@ ERROR_WHEN = {
          "or more than max_batch_size images.",
     415: "Content-Type not accepted, or an image format other than PNG, JPEG, GIF, BMP, TIFF, "
          "WebP.",
+    422: "The image holds several digits, well apart: error.boxes gives each one's "
+         "[left, top, width, height] in the image's pixels; send one, or pick one with x, y.",
     429: "Over the client's request or image rate limit; Retry-After says when to retry.",
     500: "Unexpected server error (logged; no details are sent).",
     503: "Model FAILED or loading, its session worker restarted, queue full, too many requests "
          "in flight, or not ready; Retry-After says when to retry.",
     504: "No answer within request_timeout_s.",
 }
-PREDICT_ERRORS = (400, 403, 404, 405, 413, 415, 500, 503, 504)
+PREDICT_ERRORS = (400, 403, 404, 405, 413, 415, 422, 500, 503, 504)
 
 
 def ref(name: str) -> dict[str, str]:
@@ -83,7 +85,8 @@ B64 = {"type": "string", "description": "Standard or URL-safe base64, padded or 
                                         "data:image/...;base64, URL."}
 
 SCHEMAS: dict[str, Any] = {
-    "Error": {**obj(("error",), error=obj(("code", "message"), code=STR, message=STR)),
+    "Error": {**obj(("error",), error=obj(("code", "message"), code=STR, message=STR,
+                                          boxes=array(array(NUM, minItems=4, maxItems=4)))),
               "additionalProperties": False},
     "Class": obj(("class", "label", "probability"), **{"class": INT}, label=STR,
                  probability=PROBABILITY),

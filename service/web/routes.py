@@ -130,7 +130,7 @@ ROUTES = (
         "The form's result page (HTML); with X-Requested-With: fetch, only the results "
         "fragment. Errors are HTML pages with the error's status.", {
             "200": {"description": "The results.", "content": {HTML: {"schema": STR}}},
-            **errors(400, 403, 404, 405, 413, 415, 500, 503, 504, media=HTML)}, "html",
+            **errors(400, 403, 404, 405, 413, 415, 422, 500, 503, 504, media=HTML)}, "html",
         requestBody={"required": True, "content": {"multipart/form-data": {"schema": obj(
             ("image",), image=BINARY, model={"type": "string", "description":
                                              "A model name, or 'all'."},

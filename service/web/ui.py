@@ -55,6 +55,7 @@ ERROR_TITLES = {  # by error code first, then by HTTP status
     "missing_image": "No image to read",
     "bad_parameter": "Please check the form",
     "blank_image": "No digit found",
+    "several_digits": "More than one digit: click on the one to read",
     "model_not_found": "Unknown model",
     400: "That image could not be used",
     404: "Not found",

@@ -103,6 +103,18 @@ def test_multipart_form(server):
     assert len(probabilities) == 10 and abs(sum(probabilities) - 1) < 1e-4
 
 
+def test_several_digits_are_422_with_boxes_and_a_point_picks_one(server):
+    body = assert_error(requests.post(server + CNN, json={"instances": [
+        {"b64": b64("digit7_28.png")}, {"b64": b64("two_digits.png")}]}), 422, "several_digits")
+    assert body["error"]["message"].startswith("Image 1: ")
+    (seven, two) = body["error"]["boxes"]
+    x, y = two[0] + two[2] / 2, two[1] + two[3] / 2
+    r = requests.post(server + CNN, json={"image": b64("two_digits.png"), "x": x, "y": y,
+                                          "crop": 0.9})
+    assert r.status_code == 200, r.text
+    assert_prediction(r.json(), 2)
+
+
 def test_json_instances_in_order_with_every_base64_flavour(server):
     png = fixture("digit7_28.png")
     gif = fixture("digit2_112.gif")
@@ -188,6 +200,9 @@ def test_remote_path_missing_file(server):
     ({"data": fixture("truncated.png"), "headers": {"Content-Type": "image/png"}}, 400, "invalid_image"),
     ({"data": fixture("not_an_image.txt"), "headers": {"Content-Type": "image/png"}}, 400, "invalid_image"),
     ({"data": fixture("blank.png"), "headers": {"Content-Type": "image/png"}}, 400, "blank_image"),
+    ({"data": fixture("specks.png"), "headers": {"Content-Type": "image/png"}}, 400, "blank_image"),
+    ({"data": fixture("two_digits.png"), "headers": {"Content-Type": "image/png"}}, 422,
+     "several_digits"),
     ({"files": {"other": ("a.png", b"x")}}, 400, "missing_image"),
     ({"json": {"image": b64("digit7_28.png"), "top_k": 11}}, 400, "bad_parameter"),
     ({"json": {"image": b64("digit7_28.png"), "top_k": "many"}}, 400, "bad_parameter"),
