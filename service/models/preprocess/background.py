@@ -2,11 +2,13 @@
 
 A phone photo's paper is not one level: vignettes darken the corners, light falls off across
 the page, a shadow edge cuts it in two. Taking one paper level (and the dark corner for ink)
-is what made the digit shrink to a few pixels. So the paper is estimated per pixel -- a
-morphological closing (for dark ink; an opening for light ink) at low resolution, which keeps
-the paper's large shapes, steps included, and removes anything as thin as a stroke -- and the
-ink is measured against it: (paper - pixel) / paper for dark ink. Gray levels are kept, as
-MNIST keeps them; thresholds are for finding the digit only (components.py).
+is what made the digit shrink to a few pixels. So, unless the frame shows one even level
+(scans, drawings), the paper is estimated per pixel by a morphological closing (for dark ink;
+an opening for light ink) with a square a few strokes wide: it keeps the paper's large
+shapes, a shadow's step included, and removes anything as thin as a stroke. The strokes are
+measured first, against a rough (median) paper level. Ink is then (paper - pixel) / paper
+for dark ink. Gray levels are kept, as MNIST keeps them; thresholds only find the digit
+(components.py).
 """
 from __future__ import annotations
 
@@ -17,12 +19,12 @@ import numpy as np
 
 from .spec import MNIST_SIZE
 
-ESTIMATE_SIDE = 64     # the paper is estimated on the image shrunk to about this long side...
-CLOSE_SHARE = 0.4      # ...with a square of this share of it: wider than any stroke
+ESTIMATE_SIDE = 64     # the rough paper level: a median on the image shrunk to this side...
+CLOSE_SHARE = 0.4      # ...over this share of it (also the widest closing square)
 FLAT_SPREAD = 12.0     # paper levels within this (0-255) are one level: no flattening
 MIN_PAPER = 24.0       # darker paper than this is measured against this (no division by ~0)
-STROKE_CONTRAST = 0.2  # darker than the fitted paper by this share: ink, to measure strokes
-STROKE_MARGIN = 3.0
+STROKE_CONTRAST = 0.2  # darker than the rough paper by this share: ink, to measure strokes
+STROKE_MARGIN = 3.0    # the closing square is this many times the widest stroke
 STROKE_FALLBACK = 0.1  # the square's share of the long side when no stroke can be measured
 TAIL = 99.5            # percentile of the deviations from the paper that decides polarity
 
@@ -88,7 +90,7 @@ def _too_small(gray: np.ndarray) -> bool:
 
 def _even_paper(gray: np.ndarray) -> float | None:
     """The paper's one level when the frame shows one (scans, drawings, small images)."""
-    ring = _ring(gray)
+    ring = border_ring(gray)
     low, high = np.percentile(ring, (20, 80))  # a digit may touch a fifth of the frame
     if high - low <= FLAT_SPREAD or _too_small(gray):
         return float(np.median(ring))
@@ -135,8 +137,9 @@ def _stroke_side(gray: np.ndarray, dark: bool, median: np.ndarray) -> int:
     return int(min(widest, max(3, round(STROKE_MARGIN * width)) | 1))
 
 
-def _ring(gray: np.ndarray) -> np.ndarray:
-    """The outermost pixels, where the paper shows."""
+def border_ring(arr: np.ndarray) -> np.ndarray:
+    """The outermost ring of pixels (gray values, RGB averaged), where the paper shows."""
+    gray = arr if arr.ndim == 2 else arr.mean(axis=2)
     if min(gray.shape) < 3:
         return gray.ravel()
     return np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])

@@ -1,12 +1,14 @@
 """Find the digit, not the frame: the ink components that make up one digit.
 
-The flattened ink (background.py) is thresholded -- Otsu, but never below a share of the
-strongest ink, so faint ruled lines and what is left of a shadow edge stay out -- only to find
-connected components. Long thin ones (ruled and table lines) and ones along the frame (page
-edges, dark corners) are dropped; the digit is the biggest component near the centre (or,
-after a crop around a point, the one nearest it), with the components close to it that are
-strokes of the same digit. Several digit-sized groups well apart are reported, not guessed
-between. The digit keeps its gray levels: the components, slightly widened, mask the ink.
+The flattened ink (background.py) is thresholded -- Otsu, but never below half the strongest
+ink nor within the image's noise, so faint ruled lines, grain and what is left of a shadow
+edge stay out -- only to find connected components. Dust, long thin ones (ruled and table
+lines) and weak or frame-long ones along the edge (page edges, dark corners) are dropped. The
+digit is the biggest component near the centre (after a crop around a point: the one
+nearest it), with the components near it or joined to it by fainter ink (hysteresis): the
+pieces of one digit. Other digit-sized groups standing apart are reported (SeveralDigits),
+not guessed between. The digit keeps its gray levels: its components, slightly widened,
+mask the ink.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ FRAME_SPAN = 0.8       # touching the edge and spanning this share of it, thinly
 FRAME_FILL = 0.15
 WEAK_SHARE = 0.6       # touching the edge, with mean ink under this share of the strongest
                        # component's: what the paper estimate left of a dark corner or shadow
+CENTRE_FALLOFF = 0.25  # a component this far from the centre (share of the diagonal) counts half
 JOIN_GAP = 0.25        # components this close (share of the digit's size) are the same digit
 DIGIT_AREA = 0.25      # a group this big beside the digit, and...
 DIGIT_HEIGHT = 0.5     # ...this tall, is another digit
@@ -125,7 +128,7 @@ def _main(parts: list[Component], shape: tuple[int, int], cropped: bool) -> Comp
 
     if cropped:
         return min(parts, key=lambda c: (distance(c), -c.area))
-    return max(parts, key=lambda c: c.area / (1 + (distance(c) / 0.25) ** 2))
+    return max(parts, key=lambda c: c.area / (1 + (distance(c) / CENTRE_FALLOFF) ** 2))
 
 
 def _gap(a: Component, box: tuple[int, int, int, int]) -> float:
