@@ -9,7 +9,6 @@ reason and logged -- never silently.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import queue
 import sqlite3
@@ -19,6 +18,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+import orjson
 
 from ..blobstore import BlobStoreError
 from ..cluster.progress import WriterProgress
@@ -324,6 +325,6 @@ def prediction_rows(pending: Pending, images: list[ImageRow]) -> list[Prediction
             rows.append(PredictionRow(
                 ctx.request_id, index, when, ctx.route, ctx.client, ctx.api_key_id,
                 result.model, result.version, pred.class_id, pred.label, pred.probability,
-                json.dumps(pred.top_k), image.sha256, image.format, image.width, image.height,
-                image.bytes, inst.x, inst.y, inst.crop, latency))
+                orjson.dumps(pred.top_k).decode(), image.sha256, image.format, image.width,
+                image.height, image.bytes, inst.x, inst.y, inst.crop, latency))
     return rows
