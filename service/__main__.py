@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Handwritten digit recognition service.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_serve_parser, _add_cluster_parser, _add_train_parser, _add_evaluate_parser,
-                _add_export_parser, _add_keys_parser, _add_publish_parser):  # as --help lists them
+                _add_export_parser, _add_keys_parser, _add_publish_parser,
+                _add_classify_parser):  # as --help lists them
         add(commands)
     return parser
 
@@ -176,6 +177,69 @@ def _evaluate(args: argparse.Namespace) -> int:
     wild_out = (args.out or REPO_ROOT / "var" / "wild" / args.model) if args.wild else None
     return run_evaluation(args.model, args.version, args.graphs_dir, config, wild_out,
                           args.per_category)
+
+
+def _add_classify_parser(commands: Subcommands) -> None:
+    classify = commands.add_parser(
+        "classify", help="classify files and folders of images through a running service",
+        description="Walk PATHs for images, send them in batches on --concurrency threads, "
+                    "retry 429/503 as Retry-After says, and write one row per file. Files in "
+                    "folders named by their digit are scored (accuracy, confusion matrix). "
+                    "Exit status 1 if any file got no answer.")
+    classify.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    classify.add_argument("--url", default="http://127.0.0.1:8080")
+    classify.add_argument("--model", default="digits-cnn")
+    classify.add_argument("--batch", type=int, default=64, help="images per request")
+    classify.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    classify.add_argument("--api-key", help="sent as X-API-Key")
+    classify.add_argument("--top-k", type=int, default=3)
+    classify.add_argument("--retries", type=int, default=8,
+                          help="per request, on 429, 503 or a lost connection")
+    classify.add_argument("--out", type=Path, metavar="FILE",
+                          help="results.csv, or .jsonl for one JSON object a line")
+    classify.add_argument("--confusion", type=Path, metavar="FILE",
+                          help="with digit-named folders: the confusion matrix as a PNG")
+    classify.add_argument("--no-progress", action="store_true")
+    classify.set_defaults(handler=_classify)
+
+
+def _classify(args: argparse.Namespace) -> int:
+    import time
+
+    from .client import bulk
+    from .models import evaluation
+
+    if args.batch < 1 or args.concurrency < 1 or args.retries < 0 or args.top_k < 1:
+        print("error: --batch, --concurrency and --top-k must be at least 1, --retries at "
+              "least 0", file=sys.stderr)
+        return 2
+    try:
+        files = bulk.image_files(args.paths)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not files:
+        print("error: no image files found", file=sys.stderr)
+        return 2
+    client = bulk.Classifier(bulk.Options(
+        url=args.url, model=args.model, batch=args.batch, concurrency=args.concurrency,
+        api_key=args.api_key, retries=args.retries, top_k=args.top_k,
+        progress=not args.no_progress))
+    started = time.monotonic()
+    rows = client.classify(files)
+    for line in bulk.summary(rows, time.monotonic() - started, client.retried):
+        print(line)
+    if args.out:
+        bulk.write_rows(rows, args.out)
+        print(f"{len(rows)} rows written to {args.out}")
+    matrix = bulk.confusion(rows)
+    if matrix is not None:
+        result = evaluation.from_confusion(matrix)
+        print(result.report([str(i) for i in range(10)]))
+        if args.confusion:
+            evaluation.confusion_png(result, [str(i) for i in range(10)], args.confusion)
+            print(f"confusion matrix written to {args.confusion}")
+    return 1 if any(r.error for r in rows) else 0
 
 
 def _add_export_parser(commands: Subcommands) -> None:

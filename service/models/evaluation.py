@@ -37,10 +37,16 @@ def evaluate(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
             progress(len(batch))
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(confusion, (labels.astype(np.int64), predicted), 1)
+    return from_confusion(confusion)
+
+
+def from_confusion(confusion: np.ndarray) -> Evaluation:
+    """Accuracy and per-class accuracy of a confusion matrix (rows true, columns read)."""
     totals = confusion.sum(axis=1)
-    per_class = np.divide(np.diag(confusion), totals, out=np.zeros(num_classes), where=totals > 0)
-    return Evaluation(float(np.trace(confusion) / len(images)), [float(a) for a in per_class],
-                      confusion)
+    per_class = np.divide(np.diag(confusion), totals, out=np.zeros(len(confusion)),
+                          where=totals > 0)
+    return Evaluation(float(np.trace(confusion) / max(1, confusion.sum())),
+                      [float(a) for a in per_class], confusion)
 
 
 def confusion_png(evaluation: Evaluation, labels: list[str], path: Path, cell: int = 44) -> Path:

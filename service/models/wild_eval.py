@@ -13,7 +13,7 @@ import json
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -141,7 +141,8 @@ def _write(report: Report, outcomes: list[Outcome], model: ServedModel, out_dir:
         for o in mine:
             if o.model_input is not None:
                 confusion[o.label, o.predicted] += 1
-        result = evaluation.Evaluation(report.accuracy[name], [], confusion)
+        # the caption's accuracy counts the refused images as misread
+        result = replace(evaluation.from_confusion(confusion), accuracy=report.accuracy[name])
         evaluation.confusion_png(result, model.labels, out_dir / f"confusion-{name}.png")
     contact_sheet([o for o in outcomes if not o.right], out_dir / "worst.png")
     (out_dir / "wild.json").write_text(json.dumps(
