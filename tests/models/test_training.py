@@ -46,7 +46,9 @@ def test_train_smoke_exports_a_version_that_loads_and_predicts(tmp_path):
     assert "accuracy:" in result.stderr + result.stdout  # Keras per-epoch progress
     version_dir = tmp_path / "digits-cnn" / "1"
     manifest = json.loads((version_dir / "manifest.json").read_text())
-    assert manifest["training"]["train_images"] == 2000 and manifest["accuracy"] > 0.7
+    # one augmented epoch on 2,000 digits (seeded): far above chance (0.1), not yet good
+    assert manifest["training"]["train_images"] == 2000 and manifest["accuracy"] > 0.5
+    assert manifest["training"]["augmentation"]["rotate_deg"] > 0
     assert (version_dir / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     frozen = graph.FrozenGraph((version_dir / "model.pb").read_bytes(), "image:0",
                                "probabilities:0")
