@@ -20,7 +20,7 @@ def test_shipped_config_and_defaults_agree():
     defaults = load_settings(None)
     assert [m.name for m in shipped.models] == [m.name for m in defaults.models]
     assert shipped.service == defaults.service
-    assert shipped.models[0].min_accuracy == 0.992
+    assert shipped.models[0].min_accuracy == 0.995
     assert shipped.cherrypy["server.socket_port"] == 8080
 
 

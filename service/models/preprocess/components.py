@@ -108,11 +108,15 @@ def _clutter(c: Component, shape: tuple[int, int], strongest: float) -> bool:
     length = max(c.width / w, c.height / h)
     if length > LINE_LENGTH and c.area / max(c.width, c.height) < LINE_THICKNESS * min(h, w):
         return True
-    touches = c.left == 0 or c.top == 0 or c.right == w or c.bottom == h
+    touches = _touches(c, shape)
     if touches and c.strength < WEAK_SHARE * strongest:
         return True
     spans = c.width > FRAME_SPAN * w or c.height > FRAME_SPAN * h
     return touches and spans and c.area < FRAME_FILL * c.width * c.height
+
+
+def _touches(c: Component, shape: tuple[int, int]) -> bool:
+    return c.left == 0 or c.top == 0 or c.right == shape[1] or c.bottom == shape[0]
 
 
 def _main(parts: list[Component], shape: tuple[int, int], cropped: bool) -> Component:
@@ -164,7 +168,9 @@ def _refuse_several(group: list[Component], parts: list[Component], shape: tuple
                     original: tuple[int, int] | None) -> None:
     area = sum(c.area for c in group)
     height = _box(group)[3] - _box(group)[1]
-    others = [c for c in parts if c not in group
+    # What touches the frame is too doubtful to refuse for (a shadow's or page's remains,
+    # a digit cut off): the digit in the picture is read.
+    others = [c for c in parts if c not in group and not _touches(c, shape)
               and c.area >= DIGIT_AREA * area and c.height >= DIGIT_HEIGHT * height]
     if not others:
         return
