@@ -196,12 +196,22 @@ def squared(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     return lined(digit, rng, squared=True)
 
 
+def _sheet(digit: np.ndarray, rng: np.random.Generator, sides: tuple[int, int],
+           aspect: tuple[float, float], height: tuple[float, float],
+           stroke: tuple[float, float], centre: tuple[float, float]
+           ) -> tuple[tuple[int, int], np.ndarray]:
+    """A sheet's (H, W) and the digit's ink alpha on it: a random size and aspect, the digit
+    a random share of the short side tall, its stroke changed, near the centre."""
+    side = int(rng.integers(*sides))
+    shape = (side, round(side * rng.uniform(*aspect)))
+    tall = round(rng.uniform(*height) * min(shape))
+    ink = place(ink_alpha(digit, tall, rng, stroke=rng.uniform(*stroke)), shape,
+                (rng.uniform(*centre) * shape[1], rng.uniform(*centre) * shape[0]))
+    return shape, ink
+
+
 def scan(digit: np.ndarray, rng: np.random.Generator) -> bytes:
-    side = int(rng.integers(160, 360))
-    shape = (side, round(side * rng.uniform(0.8, 1.25)))
-    height = round(rng.uniform(0.4, 0.75) * min(shape))
-    ink = place(ink_alpha(digit, height, rng, stroke=rng.uniform(0, 0.02)), shape,
-                (rng.uniform(0.4, 0.6) * shape[1], rng.uniform(0.4, 0.6) * shape[0]))
+    shape, ink = _sheet(digit, rng, (160, 360), (0.8, 1.25), (0.4, 0.75), (0, 0.02), (0.4, 0.6))
     paper = paper_rgb(shape, rng, (235, 255), tint=0.01)
     img = camera(blend(paper, ink, pen_colour(rng, "dark")), rng, rng.uniform(0, 0.8), 2)
     gray = img.mean(axis=2)
@@ -210,11 +220,7 @@ def scan(digit: np.ndarray, rng: np.random.Generator) -> bytes:
 
 def pen(digit: np.ndarray, rng: np.random.Generator, stroke: tuple[float, float] = (0, 0.015),
         kind: str = "colour") -> bytes:
-    side = int(rng.integers(140, 360))
-    shape = (side, round(side * rng.uniform(0.75, 1.33)))
-    height = round(rng.uniform(0.35, 0.7) * min(shape))
-    ink = place(ink_alpha(digit, height, rng, stroke=rng.uniform(*stroke)), shape,
-                (rng.uniform(0.35, 0.65) * shape[1], rng.uniform(0.35, 0.65) * shape[0]))
+    shape, ink = _sheet(digit, rng, (140, 360), (0.75, 1.33), (0.35, 0.7), stroke, (0.35, 0.65))
     paper = paper_rgb(shape, rng, (225, 255), tint=0.03)
     img = camera(blend(paper, ink, pen_colour(rng, kind)), rng, rng.uniform(0, 1.0), 3)
     return encode(img, "JPEG" if rng.random() < 0.8 else "PNG", 88)
@@ -245,11 +251,7 @@ def canvas(digit: np.ndarray, rng: np.random.Generator) -> bytes:
 
 def inverted(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     """Chalk or a screenshot: light strokes on a dark background."""
-    side = int(rng.integers(100, 300))
-    shape = (side, round(side * rng.uniform(0.8, 1.25)))
-    height = round(rng.uniform(0.4, 0.75) * min(shape))
-    ink = place(ink_alpha(digit, height, rng, stroke=rng.uniform(0, 0.03)), shape,
-                (rng.uniform(0.4, 0.6) * shape[1], rng.uniform(0.4, 0.6) * shape[0]))
+    shape, ink = _sheet(digit, rng, (100, 300), (0.8, 1.25), (0.4, 0.75), (0, 0.03), (0.4, 0.6))
     board = paper_rgb(shape, rng, (10, 70), tint=0.1)
     chalk = np.clip(rng.uniform(200, 250) + rng.normal(0, 8, 3), 0, 255).astype(np.float32)
     img = camera(blend(board, ink, chalk), rng, rng.uniform(0, 1.0), rng.uniform(1, 5))
