@@ -7,14 +7,17 @@ import logging
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from support import FIXTURES, ServerProcess
+from support import FIXTURES, REPO, ServerProcess
 from service import logs
 from service.config import LogSettings, load_settings
+from service.models import store
 
 PNG7 = (FIXTURES / "digit7_28.png").read_bytes()
 BLANK = (FIXTURES / "blank.png").read_bytes()
 CNN = "/v1/models/digits-cnn/predict"
 MODELS = ("digits-cnn", "digits-rnn")
+# the version the server serves: the newest shipped one
+CNN_VERSION = store.list_versions(REPO / "graphs", "digits-cnn")[-1]
 
 
 def scrape(url: str) -> dict[tuple[str, frozenset], float]:
@@ -53,10 +56,10 @@ def test_counters_and_histograms_move_with_requests(server):
     assert delta("digits_http_rejected_requests_total", code="blank_image", status="400") == 1
     for phase in ("decode", "preprocess", "queue", "inference", "total"):
         assert delta("digits_prediction_duration_seconds_count", model="digits-cnn",
-                     version="1", phase=phase) == n
+                     version=str(CNN_VERSION), phase=phase) == n
     assert delta("digits_prediction_batch_size_count", model="digits-cnn") == n
     assert delta("digits_prediction_batch_size_sum", model="digits-cnn") == n
-    assert delta("digits_session_run_batch_size_count", model="digits-cnn", version="1") >= 1
+    assert delta("digits_session_run_batch_size_count", model="digits-cnn", version=str(CNN_VERSION)) >= 1
     # One series for every MNIST index, not one per index.
     assert delta("digits_http_requests_total", route="/mnist/label/{idx}", method="GET",
                  status="200") == 1
@@ -125,7 +128,7 @@ def test_json_logs_go_to_the_configured_file(tmp_path):
     prediction = next(line for line in lines if line.get("event") == "prediction")
     assert prediction["request_id"] == request_id
     assert (prediction["model"], prediction["version"], prediction["batch_size"]) == (
-        "digits-cnn", 1, 1)
+        "digits-cnn", CNN_VERSION, 1)
     assert set(prediction["timing_ms"]) == {"decode", "preprocess", "queue", "inference", "total"}
 
     loaded = next(line for line in lines if line.get("event") == "model_loaded")
