@@ -74,14 +74,14 @@ def _ink_is_dark(arr: np.ndarray, median: np.ndarray | float) -> bool:
     return bool(below > above)
 
 
-def _small(gray: np.ndarray) -> tuple[np.ndarray, float]:
-    """``gray`` shrunk to about ESTIMATE_SIDE on its long side, and the scale."""
+def _small(gray: np.ndarray) -> np.ndarray:
+    """``gray`` shrunk to about ESTIMATE_SIDE on its long side."""
     h, w = gray.shape
     scale = min(1.0, ESTIMATE_SIDE / max(h, w))
     if scale == 1.0:
-        return gray, scale
+        return gray
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA), scale
+    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
 
 
 def _too_small(gray: np.ndarray) -> bool:
@@ -99,7 +99,7 @@ def _even_paper(gray: np.ndarray) -> float | None:
 
 def _median_level(gray: np.ndarray) -> np.ndarray:
     """A rough paper level either way the ink goes: a wide median at low resolution."""
-    small, _ = _small(gray)
+    small = _small(gray)
     side = max(3, round(CLOSE_SHARE * max(small.shape)) | 1)
     level = cv2.medianBlur(small, min(side, 255))
     return cv2.resize(level, gray.shape[::-1], interpolation=cv2.INTER_LINEAR).astype(np.float32)
