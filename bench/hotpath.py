@@ -45,10 +45,11 @@ class FloorServer:
     def url(self) -> str:
         return f"http://{base.LOOPBACK}:{self.port}"
 
-    def connection(self) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection(base.LOOPBACK, self.port, timeout=60)
+    def connection(self, timeout: float = 60.0) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(base.LOOPBACK, self.port, timeout=timeout)
 
-    def start(self, timeout: float = 60.0) -> "FloorServer":
+    def start(self, timeout: float = 180.0) -> "FloorServer":
+        """Started beside the TF servers, which take the cores for a while: a long bound."""
         with open(self.log_path, "wb") as handle:
             self.proc = subprocess.Popen([sys.executable, str(base.BENCH_DIR / "floor.py"),
                                           "--port", str(self.port)], cwd=base.REPO,
@@ -58,7 +59,7 @@ class FloorServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the floor server exited with {self.proc.returncode}")
             try:
-                conn = self.connection()
+                conn = self.connection(timeout=5.0)
                 conn.request("GET", "/v1/models/digits-cnn/predict")
                 if conn.getresponse().status == 200:
                     return self
