@@ -1,0 +1,1 @@
+"""Standard serving protocols, each a codec over the one data plane (dataplane.py)."""
