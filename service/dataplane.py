@@ -12,9 +12,9 @@ from typing import Callable, NamedTuple, Protocol
 
 import numpy as np
 
-from .errors import DeadlineExceeded, InvalidInput, PayloadTooLarge
+from .errors import DeadlineExceeded, InvalidInput, NotFound, PayloadTooLarge
 from .models import preprocess
-from .models.preprocess import PreprocessSpec, batch
+from .models.preprocess import PreprocessSpec, batch, preview
 from .models.loader import ServedModel
 from .models.registry import ModelRegistry
 
@@ -98,27 +98,60 @@ class DataPlane:
         preprocess.warm_up()
 
     def predict(self, model_names: list[str] | None, instances: list[Instance],
-                top_k: int | None = None,
-                context: RequestContext | None = None) -> dict[str, ModelResult]:
-        """Run each named model (default: every available one) on the same instances.
+                top_k: int | None = None, context: RequestContext | None = None,
+                version: int | None = None) -> dict[str, ModelResult]:
+        """Run each named model (default: every available one) on the same instances;
+        ``version``: only if that version serves (one model), else NotFound.
 
         All models' batches are queued before waiting on any, so the models run concurrently.
         Each model is leased for the whole call, so a version swap never closes it under us.
         """
         started = time.monotonic()
-        self._check_batch(instances)
-        if self.admission is not None:  # e.g. an images-per-second limit, before any decoding
-            self.admission(context or RequestContext(), len(instances))
+        self._admit(len(instances), context)
         with self.registry.lease(model_names) as models:
             if not models:
                 self.registry.get(self.registry.names()[0])  # raises the reason nothing is served
+            _check_version(models, version)
             results = self._run(models, instances, top_k, started)
+        self._report(context, instances, results)
+        return results
+
+    def predict_tensor(self, model_name: str, inputs: np.ndarray, top_k: int | None = None,
+                       context: RequestContext | None = None,
+                       version: int | None = None) -> ModelResult:
+        """Run one model on inputs already shaped like its input (N, *input shape): no
+        decoding, no preprocessing. The input log keeps each row as a PNG (preview.to_png)."""
+        started = time.monotonic()
+        self._admit(len(inputs), context)
+        with self.registry.lease([model_name]) as models:
+            model = models[0] if models else self.registry.get(model_name)  # raises why not
+            _check_version([model], version)
+            shaped = _check_tensor(inputs, model.input_shape)
+            ready = batch.Prepared(shaped, 0.0, 0.0)
+            deadline = started + self.timeout_s
+            reply = model.submit(ready.inputs, deadline)
+            result = self._result(model, _check_top_k(top_k, len(model.labels)), ready, reply,
+                                  started, deadline)
+        instances = [Instance(preview.to_png(row, scale=1)) for row in shaped]
+        self._report(context, instances, {model.name: result})
+        return result
+
+    def _admit(self, count: int, context: RequestContext | None) -> None:
+        if count < 1:
+            raise InvalidInput("The request holds no images.", "missing_image")
+        if count > self.max_batch_size:
+            raise PayloadTooLarge(f"The request holds {count} images; at most "
+                                  f"{self.max_batch_size} are allowed.", "batch_too_large")
+        if self.admission is not None:  # e.g. an images-per-second limit, before any decoding
+            self.admission(context or RequestContext(), count)
+
+    def _report(self, context: RequestContext | None, instances: list[Instance],
+                results: dict[str, ModelResult]) -> None:
         for observer in self.observers:
             for result in results.values():
                 observer.observed(result, len(instances))
         for sink in self.sinks:
             sink.record(context or RequestContext(), instances, results)
-        return results
 
     def _run(self, models: list[ServedModel], instances: list[Instance], top_k: int | None,
              started: float) -> dict[str, ModelResult]:
@@ -134,26 +167,20 @@ class DataPlane:
                                                        max_frames=self.max_frames)
             ready = prepared[spec]
             pending.append((model, k, ready, model.submit(ready.inputs, deadline)))
-        results = {}
-        for model, k, ready, reply in pending:
-            probabilities, run = self._wait(model, reply, deadline)
-            total = time.monotonic() - started
-            timing = {"decode": round(ready.decode_s * 1000, 3),
-                      "preprocess": round(ready.preprocess_s * 1000, 3),
-                      "queue": round(run.queue * 1000, 3),
-                      "inference": round(run.inference * 1000, 3),
-                      "total": round(total * 1000, 3)}
-            results[model.name] = ModelResult(model.name, model.version,
-                                              predictions(probabilities, model.labels, k),
-                                              ready.inputs, timing)
-        return results
+        return {model.name: self._result(model, k, ready, reply, started, deadline)
+                for model, k, ready, reply in pending}
 
-    def _check_batch(self, instances: list[Instance]) -> None:
-        if not instances:
-            raise InvalidInput("The request holds no images.", "missing_image")
-        if len(instances) > self.max_batch_size:
-            raise PayloadTooLarge(f"The request holds {len(instances)} images; at most "
-                                  f"{self.max_batch_size} are allowed.", "batch_too_large")
+    def _result(self, model: ServedModel, k: int, ready: batch.Prepared, reply,
+                started: float, deadline: float) -> ModelResult:
+        probabilities, run = self._wait(model, reply, deadline)
+        total = time.monotonic() - started
+        timing = {"decode": round(ready.decode_s * 1000, 3),
+                  "preprocess": round(ready.preprocess_s * 1000, 3),
+                  "queue": round(run.queue * 1000, 3),
+                  "inference": round(run.inference * 1000, 3),
+                  "total": round(total * 1000, 3)}
+        return ModelResult(model.name, model.version,
+                           predictions(probabilities, model.labels, k), ready.inputs, timing)
 
     def _wait(self, model: ServedModel, future, deadline: float):
         try:
@@ -162,6 +189,24 @@ class DataPlane:
             future.cancel()
             raise DeadlineExceeded(f"Model {model.name} did not answer within "
                                    f"{self.timeout_s:g} s.") from None
+
+
+def _check_version(models: list[ServedModel], version: int | None) -> None:
+    if version is not None and any(m.version != version for m in models):
+        serving = ", ".join(f"{m.name} v{m.version}" for m in models)
+        raise NotFound(f"Version {version} is not loaded (serving: {serving}).",
+                       "model_not_found")
+
+
+def _check_tensor(inputs: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``inputs`` as a contiguous float32 (N, *shape) array of finite values."""
+    if tuple(inputs.shape[1:]) != tuple(shape):
+        raise InvalidInput(f"The input has shape {list(inputs.shape)}; this model takes "
+                           f"[N, {', '.join(map(str, shape))}].", "bad_instance")
+    array = np.ascontiguousarray(inputs, dtype=np.float32)
+    if not np.all(np.isfinite(array)):
+        raise InvalidInput("The input holds values that are not finite.", "bad_instance")
+    return array
 
 
 def _check_top_k(top_k: int | None, num_labels: int) -> int:
