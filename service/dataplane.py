@@ -47,6 +47,11 @@ class ModelResult:
     inputs: np.ndarray  # the preprocessed batch, as the model saw it
     timing_ms: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def probabilities(self) -> np.ndarray:
+        """The softmax rows of the batch, (N, classes)."""
+        return np.stack([p.probabilities for p in self.predictions])
+
 
 @dataclass(frozen=True)
 class RequestContext:

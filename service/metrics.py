@@ -68,7 +68,8 @@ class ServiceMetrics:
         # In a cluster worker: every worker's posted families (see ``cluster_exposition``).
         self.posted: Callable[[], Iterable[dict[str, Any]]] | None = None
         self.requests = Counter("digits_http_requests", "HTTP requests by route template, "
-                                "method and status.", ["route", "method", "status"],
+                                "method, status and protocol (native, v2, tfserving, seed, "
+                                "html).", ["route", "method", "status", "protocol"],
                                 registry=self.registry)
         self.latency = Histogram("digits_http_request_duration_seconds", "Time from the "
                                  "request's start to the response's end, by route template.",
@@ -103,8 +104,8 @@ class ServiceMetrics:
         self._child(self.request_rows, result.model).observe(batch_size)
 
     def request_done(self, route: str, method: str, status: int, seconds: float,
-                     error_code: str | None) -> None:
-        self._child(self.requests, route, method, status).inc()
+                     error_code: str | None, protocol: str = "native") -> None:
+        self._child(self.requests, route, method, status, protocol).inc()
         self._child(self.latency, route).observe(seconds)
         if status >= 400:
             self._child(self.rejected, error_code or f"http_{status}", status).inc()

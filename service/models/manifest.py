@@ -19,6 +19,11 @@ class TensorInfo:
     shape: list[int | None]
     dtype: str = "float32"
 
+    @property
+    def op_name(self) -> str:
+        """``image:0`` -> ``image``: the name protocols give the tensor."""
+        return self.name.partition(":")[0]
+
 
 @dataclass(frozen=True)
 class Manifest:

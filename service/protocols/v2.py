@@ -9,8 +9,6 @@ requested outputs (``probabilities`` FP32 [N, C], ``class`` INT64 [N]) with
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +17,11 @@ import numpy as np
 import orjson
 
 from ..errors import InvalidInput
+from .values import (BodyLimits, check_batch_size, check_image_bytes, decode_base64,
+                     parse_json)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+IMAGE_INPUT = "image_bytes"  # the BYTES input's name in metadata; any name is taken
 OUTPUTS = ("probabilities", "class")
 DTYPES = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32,
           "UINT8": np.uint8}
@@ -49,13 +50,11 @@ class Request:
     binary_default: bool = False  # parameters.binary_data_output
 
 
-def decode(body: bytes, header_length: str | None) -> Request:
-    """Parse a V2 infer request; InvalidInput (400) for anything malformed."""
+def decode(body: bytes, header_length: str | None, limits: BodyLimits) -> Request:
+    """Parse a V2 infer request (``header_length``: the binary extension's header); 400 for
+    anything malformed, 413 for more images or bigger ones than ``limits`` allow."""
     json_part, binary = _split(body, header_length)
-    try:
-        header = orjson.loads(json_part)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"The request is not valid JSON: {exc}", "invalid_json") from None
+    header = parse_json(json_part, limits.max_json_depth)
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list) \
             or not header["inputs"]:
         raise InvalidInput("A V2 infer request needs a non-empty \"inputs\" list.",
@@ -63,7 +62,7 @@ def decode(body: bytes, header_length: str | None) -> Request:
     offset = 0
     inputs = []
     for item in header["inputs"]:
-        tensor, offset = _input(item, binary, offset)
+        tensor, offset = _input(item, binary, offset, limits)
         inputs.append(tensor)
     if offset != len(binary):
         raise InvalidInput(f"The binary data holds {len(binary) - offset} bytes no input "
@@ -100,7 +99,7 @@ def _parameters(value: Any) -> dict:
     return value
 
 
-def _input(item: Any, binary: bytes, offset: int) -> tuple[Tensor, int]:
+def _input(item: Any, binary: bytes, offset: int, limits: BodyLimits) -> tuple[Tensor, int]:
     if not isinstance(item, dict):
         raise InvalidInput("Each input must be an object.", "bad_instance")
     name, datatype, shape = item.get("name"), item.get("datatype"), item.get("shape")
@@ -117,19 +116,21 @@ def _input(item: Any, binary: bytes, offset: int) -> tuple[Tensor, int]:
             raise InvalidInput(f"Input {name!r}: binary_data_size {size!r} is past the "
                                "binary data.", "bad_instance")
         raw, offset = binary[offset:offset + size], offset + size
-        return Tensor(name, datatype, shape, _from_binary(name, datatype, shape, raw)), offset
+        value = _from_binary(name, datatype, shape, raw, limits)
+        return Tensor(name, datatype, shape, value), offset
     if "data" not in item:
         raise InvalidInput(f"Input {name!r} has no \"data\" (nor binary_data_size).",
                            "missing_image")
-    return Tensor(name, datatype, shape, _from_json(name, datatype, shape, item["data"])), offset
+    value = _from_json(name, datatype, shape, item["data"], limits)
+    return Tensor(name, datatype, shape, value), offset
 
 
 def _count(shape: list[int]) -> int:
     return int(np.prod(shape, dtype=np.int64)) if shape else 1
 
 
-def _from_binary(name: str, datatype: str, shape: list[int], raw: bytes
-                 ) -> np.ndarray | list[bytes]:
+def _from_binary(name: str, datatype: str, shape: list[int], raw: bytes,
+                 limits: BodyLimits) -> np.ndarray | list[bytes]:
     if datatype == "BYTES":
         items, pos = [], 0
         while pos < len(raw):
@@ -140,7 +141,9 @@ def _from_binary(name: str, datatype: str, shape: list[int], raw: bytes
             if pos + 4 + length > len(raw):
                 raise InvalidInput(f"Input {name!r}: a BYTES element runs past its data.",
                                    "bad_instance")
+            check_batch_size(len(items) + 1, limits.max_batch_size)
             items.append(raw[pos + 4:pos + 4 + length])
+            check_image_bytes(items[-1], limits.max_image_bytes, f"{name}[{len(items) - 1}]")
             pos += 4 + length
         return _checked_bytes(name, shape, items)
     dtype = _dtype(name, datatype)
@@ -150,14 +153,17 @@ def _from_binary(name: str, datatype: str, shape: list[int], raw: bytes
     return np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
 
 
-def _from_json(name: str, datatype: str, shape: list[int], data: Any
-               ) -> np.ndarray | list[bytes]:
+def _from_json(name: str, datatype: str, shape: list[int], data: Any,
+               limits: BodyLimits) -> np.ndarray | list[bytes]:
     if datatype == "BYTES":
         flat = _flatten(data)
         if not all(isinstance(v, str) for v in flat):
             raise InvalidInput(f"Input {name!r}: BYTES data must be strings (base64 of the "
                                "encoded images).", "bad_instance")
-        return _checked_bytes(name, shape, [_b64(name, v) for v in flat])
+        check_batch_size(len(flat), limits.max_batch_size)  # before any base64 is decoded
+        _checked_bytes(name, shape, flat)
+        return [decode_base64(v, f"{name}[{i}]", limits.max_image_bytes)
+                for i, v in enumerate(flat)]
     dtype = _dtype(name, datatype)
     try:
         array = np.asarray(data, dtype=dtype)
@@ -177,14 +183,6 @@ def _flatten(data: Any) -> list:
         return [v for item in data for v in _flatten(item)] if data and \
             isinstance(data[0], list) else data
     return [data]
-
-
-def _b64(name: str, text: str) -> bytes:
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidInput(f"Input {name!r}: a BYTES element is not valid base64.",
-                           "bad_base64") from None
 
 
 def _checked_bytes(name: str, shape: list[int], items: list[bytes]) -> list[bytes]:

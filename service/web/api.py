@@ -4,11 +4,13 @@ from __future__ import annotations
 from typing import Any
 
 import cherrypy
+import numpy as np
 
-from ..dataplane import DataPlane, ModelResult, RequestContext, new_request_id
+from ..dataplane import DataPlane, Instance, ModelResult, RequestContext, new_request_id
 from ..errors import InvalidInput, NotFound, Unavailable
 from ..models.loader import ServedModel
 from ..models.registry import ModelState, ModelStatus
+from ..protocols import tfserving
 from .access import current_key
 from .admin import version_info
 from .bodies import BodyLimits, PredictBody, parse_predict_body
@@ -79,6 +81,16 @@ class Predictor:
         result = self.plane.predict([name], body.instances, body.top_k, context)[name]
         return prediction_json(result, context.request_id)
 
+    def run(self, name: str, inputs: list[bytes] | np.ndarray, version: int | None = None
+            ) -> ModelResult:
+        """Encoded images, or a batch already shaped like the model's input, through one model
+        (``version``: only if it serves): the protocol adapters' way into the data plane."""
+        context = request_context()
+        if isinstance(inputs, np.ndarray):
+            return self.plane.predict_tensor(name, inputs, None, context, version)
+        instances = [Instance(data) for data in inputs]
+        return self.plane.predict([name], instances, None, context, version)[name]
+
     def many(self, names: list[str] | None, body: PredictBody) -> dict[str, Any]:
         context = request_context()
         results = self.plane.predict(names, body.instances, body.top_k, context)
@@ -104,8 +116,11 @@ def list_models(app: Any, /, **_: Any) -> dict[str, Any]:
 
 
 def get_model(app: Any, /, name: str, **_: Any) -> dict[str, Any]:
+    """The model's details; ``model_version_status`` is TF Serving's model status answer."""
     status = model_status(app.registry, name)
-    return {**model_details(status), **version_info(status, app.registry.versions(name))}
+    versions = app.registry.versions(name)
+    return {**model_details(status), **version_info(status, versions),
+            **tfserving.version_status(status, versions)}
 
 
 def predict_one(app: Any, /, name: str, **params: Any) -> dict[str, Any]:
@@ -126,6 +141,25 @@ def model_status(registry: Any, name: str) -> ModelStatus:
         if status.name == name:
             return status
     raise NotFound(f"There is no model named {name!r}.", "model_not_found")
+
+
+def path_version(text: str | None) -> int | None:
+    """A version from the path (``/versions/3``): a positive integer, or None if absent."""
+    if text is None:
+        return None
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise InvalidInput(f"A version is a positive integer; got {text!r}.", "bad_parameter")
+    return int(text)
+
+
+def served_model(registry: Any, name: str, version: int | None = None) -> ServedModel:
+    """The model serving under ``name`` -- ``version`` of it, if given -- else 404 (or 503
+    while it loads)."""
+    model = registry.get(name)
+    if version is not None and model.version != version:
+        raise NotFound(f"Version {version} of {name} is not loaded (serving "
+                       f"{model.version}).", "model_not_found")
+    return model
 
 
 def service_status(app: Any, /, **_: Any) -> dict[str, Any]:

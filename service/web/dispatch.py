@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterable, Mapping
 import cherrypy
 from cherrypy._cpdispatch import LateParamPageHandler
 
-from .responses import error_page, service_error_response
+from .responses import (error_page, message_error_page, message_error_response,
+                        service_error_response)
 
 UNMATCHED = "unmatched"  # the route template of a path no route matches (probes, typos)
 _PARAM = re.compile(r"\{(\w+)(?::([^}]+))?\}")  # {name} or {name:regex}
@@ -30,9 +31,11 @@ class Answer:
 
     render_error: Callable[[Any], bytes]
     error_page: Callable[..., str]
+    error_schema: str = "Error"  # its OpenAPI schema (components.schemas)
 
 
 JSON_ANSWER = Answer(service_error_response, error_page)  # the API's: errors in JSON
+MESSAGE_ANSWER = Answer(message_error_response, message_error_page, "MessageError")  # V2, TF
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class Route:
     operation: Mapping[str, Any]       # its OpenAPI operation object
     answer: Answer = JSON_ANSWER
     config: Mapping[str, Any] = field(default_factory=dict)  # CherryPy config of the route
+    protocol: str = "native"           # the metrics' label: native, v2, tfserving, seed, html
 
     @functools.cached_property
     def template(self) -> str:

@@ -39,7 +39,9 @@ def _ended(metrics: ServiceMetrics | None = None) -> None:
         if status >= 400 and code is None:
             code = http_code(status)
         if metrics is not None:
-            metrics.request_done(route, request.method, status, seconds, code)
+            matched = getattr(request, "route", None)
+            metrics.request_done(route, request.method, status, seconds, code,
+                                 matched.protocol if matched is not None else "native")
         _write_access_line(request, response, route, status, seconds, code)
     except Exception:
         log.error("recording the request failed", exc_info=True)

@@ -84,6 +84,60 @@ INSTANCE_OPTIONS = {
 B64 = {"type": "string", "description": "Standard or URL-safe base64, padded or not, or a "
                                         "data:image/...;base64, URL."}
 
+TENSOR_SHAPE = array({"type": "integer", "minimum": -1})
+V2_TENSOR = obj(("name", "datatype", "shape"), name=STR, datatype=STR, shape=TENSOR_SHAPE)
+V2_SCHEMAS: dict[str, Any] = {
+    "V2ServerMetadata": obj(("name", "version", "extensions"), name=STR, version=STR,
+                            extensions=array(STR)),
+    "V2Live": obj(("live",), live=BOOL),
+    "V2Ready": obj(("ready",), ready=BOOL),
+    "V2ModelReady": obj(("name", "ready"), name=STR, ready=BOOL),
+    "V2ModelMetadata": obj(("name", "versions", "platform", "inputs", "outputs"), name=STR,
+                           versions=array(STR), platform=STR, inputs=array(V2_TENSOR),
+                           outputs=array(V2_TENSOR)),
+    "V2Tensor": {"allOf": [V2_TENSOR, obj(parameters={"type": "object"},
+                                          data={"type": "array"})]},
+    "V2InferRequest": obj(
+        ("inputs",), id=STR, parameters=obj(binary_data_output=BOOL),
+        inputs=array(ref("V2Tensor"), minItems=1, description=(
+            "One input: BYTES [N] of encoded images (base64 strings in JSON, or raw with "
+            "binary_data_size), or FP32 shaped like the model's input.")),
+        outputs=array(obj(("name",), name={"enum": ["probabilities", "class"]},
+                          parameters=obj(binary_data=BOOL, classification={
+                              "type": "integer", "minimum": 0}))),),
+    "V2InferResponse": obj(("model_name", "model_version", "outputs"), model_name=STR,
+                           model_version=STR, id=STR, outputs=array(ref("V2Tensor"))),
+}
+TF_TENSOR_INFO = obj(("dtype", "name", "tensor_shape"), dtype=STR, name=STR, tensor_shape=obj(
+    ("dim",), dim=array(obj(("size",), size=STR, name=STR)), unknown_rank=BOOL))
+TF_SIGNATURE = obj(("inputs", "outputs", "method_name"), method_name=STR,
+                   inputs={"type": "object", "additionalProperties": TF_TENSOR_INFO},
+                   outputs={"type": "object", "additionalProperties": TF_TENSOR_INFO})
+TF_SERVING_SCHEMAS: dict[str, Any] = {
+    "TFPredictRequest": {
+        **obj(signature_name={"enum": ["", "serving_default", "tensor"]},
+              instances={"type": "array", "minItems": 1}, inputs={}),
+        "description": "instances (row format) or inputs (columnar): each example "
+                       "{\"b64\": <encoded image>}, or numbers shaped like the model's input; "
+                       "named ({\"image_bytes\": ...}) or not."},
+    "TFPredictResponse": obj(predictions=array(array(PROBABILITY)),
+                             outputs=array(array(PROBABILITY))),
+    "TFClassifyRequest": obj(("examples",), signature_name=STR, examples=array(
+        {"type": "object", "minProperties": 1, "maxProperties": 1}, minItems=1)),
+    "TFClassifyResponse": obj(("result",), result=array(array(
+        {"type": "array", "prefixItems": [STR, PROBABILITY], "minItems": 2, "maxItems": 2}))),
+    "TFMetadata": obj(("model_spec", "metadata"), model_spec=obj(
+        ("name", "signature_name", "version"), name=STR, signature_name=STR, version=STR),
+        metadata=obj(("signature_def",), signature_def=obj(("signature_def",), signature_def={
+            "type": "object", "additionalProperties": TF_SIGNATURE}))),
+    "TFVersionStatus": obj(("version", "state", "status"), version=STR,
+                           state={"enum": ["LOADING", "AVAILABLE", "END"]},
+                           status=obj(("error_code", "error_message"), error_code=STR,
+                                      error_message=STR)),
+    "TFModelStatus": obj(("model_version_status",),
+                         model_version_status=array(ref("TFVersionStatus"))),
+}
+
 SCHEMAS: dict[str, Any] = {
     "Error": {**obj(("error",), error=obj(("code", "message"), code=STR, message=STR,
                                           boxes=array(array(NUM, minItems=4, maxItems=4)))),
@@ -133,7 +187,8 @@ SCHEMAS: dict[str, Any] = {
         serving=nullable(INT), policy={"enum": ["latest", "pinned"]}, pinned=nullable(INT),
         versions=array(INT), previous_version=nullable(INT),
         last_reload_failure=nullable(obj(("version", "reason"), version=nullable(INT),
-                                         reason=STR, code=STR, at=STR)))]},
+                                         reason=STR, code=STR, at=STR)),
+        model_version_status=array(ref("TFVersionStatus")))]},
     "ReloadRequest": obj(version={"type": "integer", "minimum": 1, "maximum": INT64_MAX,
                                   "description": "Serve and pin this version (a rollback); "
                                                  "omit to serve the newest and follow it."}),
@@ -172,6 +227,11 @@ SCHEMAS: dict[str, Any] = {
     "SeedBatchClassification": obj(("responses",), responses=array(
         obj(("class", "probability"), **{"class": INT}, probability=PROBABILITY))),
     "SeedLabel": obj(("label",), label={"type": "integer", "minimum": 0, "maximum": 9}),
+    # -- the standard protocols -------------------------------------------------------------
+    "MessageError": {**obj(("error",), error=STR), "additionalProperties": False,
+                     "description": "The error shape of the V2 and TF Serving routes."},
+    **V2_SCHEMAS,
+    **TF_SERVING_SCHEMAS,
 }
 
 
@@ -224,7 +284,13 @@ MODEL_NAME = path_param("name", STR, "A served model, e.g. digits-cnn.")
 MNIST_INDEX = path_param("idx", {"type": "integer", "minimum": 0, "maximum": 9999},
                          "An MNIST test image index.")
 PATH_PARAMS = {"name": MODEL_NAME, "idx": MNIST_INDEX,
-               "file": path_param("file", STR, "app.js or style.css.")}
+               "file": path_param("file", STR, "app.js or style.css."),
+               "version": path_param("version", STR, "A model version, e.g. 2: answered only "
+                                                     "while that version serves."),
+               "label": path_param("label", STR, "A version label: stable (the serving "
+                                                 "version)."),
+               "verb": path_param("verb", STR, "A TF Serving verb: predict and classify are "
+                                               "the routes above; regress is not supported.")}
 ADMIN_TOKEN = [{"bearerToken": []}, {"adminToken": []}]
 
 
@@ -237,6 +303,10 @@ def predict_body(json_schema: str = "PredictJson") -> dict[str, Any]:
             "description": "Raw image bytes (options in the query string; "
                            "application/octet-stream is sniffed), a multipart form with a "
                            "file field 'image', or JSON."}
+
+
+def json_body(schema: str) -> dict[str, Any]:
+    return {"required": True, "content": {JSON: {"schema": ref(schema)}}}
 
 
 def operation(summary: str, responses: dict[str, Any], tag: str, **more: Any) -> dict[str, Any]:
@@ -297,8 +367,18 @@ def path_item(route: Any) -> dict[str, Any]:
         if "requestBody" in op and not route.config.get("tools.bodiless_post.on"):
             add_error(op["responses"], 411, CODES[411], HTML if route.policy == access.FORM
                       else JSON)
+        if route.answer.error_schema != "Error":
+            _errors_as(route.answer.error_schema, op["responses"])
         item[method.lower()] = op
     return item
+
+
+def _errors_as(schema: str, responses: dict[str, Any]) -> None:
+    """The JSON error answers of a route with the protocols' error shape, ``schema``."""
+    for status, response in responses.items():
+        if int(status) >= 400 and JSON in response["content"]:
+            response["content"][JSON] = {"schema": ref(schema)}
+            response["description"] = ERROR_WHEN[int(status)]
 
 
 DESCRIPTION = """Send an image with one handwritten digit; get back which digit it is, with

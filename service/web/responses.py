@@ -61,10 +61,19 @@ def log_server_error(status: int, code: str, message: str) -> None:
 
 def service_error_response(exc: ServiceError) -> bytes:
     """The JSON answer to ``exc``: its status, headers and ``{"error": {code, message}}``."""
+    return _error_response(exc, exc.to_dict())
+
+
+def message_error_response(exc: ServiceError) -> bytes:
+    """The standard protocols' answer (V2, TF Serving): ``{"error": "<message>"}``."""
+    return _error_response(exc, {"error": exc.message})
+
+
+def _error_response(exc: ServiceError, payload: dict) -> bytes:
     note_error(exc.code)
     cherrypy.response.headers.update(exc.headers)
     log_server_error(exc.status, exc.code, exc.message)
-    return json_bytes(exc.to_dict(), exc.status)
+    return json_bytes(payload, exc.status)
 
 
 def answer(handler: Callable[[], Any]) -> Any:
@@ -112,11 +121,22 @@ def raising(exc: ServiceError) -> Callable[[], Any]:
 
 def error_page(status: str, message: str, traceback: str, version: str) -> str:
     """CherryPy's own HTTP errors (404, 405, 413...) as our JSON error shape."""
-    code = int(str(status).split()[0])
+    code, text = _page_error(status, message)
+    return to_json(error_payload(code, text)).decode()
+
+
+def message_error_page(status: str, message: str, traceback: str, version: str) -> str:
+    """CherryPy's own HTTP errors in the standard protocols' shape."""
+    return to_json({"error": _page_error(status, message)[1]}).decode()
+
+
+def _page_error(status: str, message: str) -> tuple[str, str]:
+    """The error code and message of CherryPy's error ``status``, noted for the metrics."""
+    status_code = int(str(status).split()[0])
     cherrypy.response.headers["Content-Type"] = "application/json"
-    text = str(message) if code == 413 else MESSAGES.get(code) or str(message)
-    note_error(http_code(code))
-    return to_json(error_payload(http_code(code), text)).decode()
+    note_error(http_code(status_code))
+    text = str(message) if status_code == 413 else MESSAGES.get(status_code) or str(message)
+    return http_code(status_code), text
 
 
 def unexpected_error() -> None:

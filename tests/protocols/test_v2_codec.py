@@ -9,9 +9,11 @@ import tritonclient.http as triton
 
 from service.errors import InvalidInput
 from service.protocols import v2
+from service.protocols.values import BodyLimits
 from support import FIXTURES
 
 LABELS = [str(i) for i in range(10)]
+LIMITS = BodyLimits(None, 1 << 24)
 
 
 def png() -> bytes:
@@ -26,7 +28,7 @@ def request(binary: bool, outputs=None) -> v2.Request:
     image.set_data_from_numpy(np.array(data, dtype=object), binary_data=binary)
     body, json_size = triton.InferenceServerClient.generate_request_body(
         [image], outputs=outputs, request_id="req-1")
-    return v2.decode(body, None if json_size is None else str(json_size))
+    return v2.decode(body, None if json_size is None else str(json_size), LIMITS)
 
 
 @pytest.mark.parametrize("binary", [False, True])
@@ -43,7 +45,7 @@ def test_fp32_input_keeps_its_shape():
         tensor = triton.InferInput("image", list(data.shape), "FP32")
         tensor.set_data_from_numpy(data, binary_data=binary)
         body, size = triton.InferenceServerClient.generate_request_body([tensor])
-        got = v2.decode(body, None if size is None else str(size)).inputs[0].value
+        got = v2.decode(body, None if size is None else str(size), LIMITS).inputs[0].value
         assert got.shape == data.shape and np.allclose(got, data)
 
 
@@ -90,5 +92,5 @@ def test_classification_gives_score_index_label():
 ])
 def test_malformed_requests_are_400_with_a_reason(body, header, code):
     with pytest.raises(InvalidInput) as info:
-        v2.decode(body, header)
+        v2.decode(body, header, LIMITS)
     assert info.value.code == code and info.value.status == 400

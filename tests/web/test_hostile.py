@@ -36,6 +36,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.errors import PayloadTooLarge
+from service.protocols import values
 from service.web import bodies
 from support import FIXTURES
 
@@ -620,7 +621,7 @@ def test_a_fifo_is_refused_without_blocking(server):
 # The shared server's max_image_bytes equals max_body_bytes, so a raw or base64 image over it
 # is always a body over max_body_bytes first; these limits are checked on the parser itself.
 def test_base64_longer_than_max_image_bytes_is_refused_undecoded(monkeypatch):
-    monkeypatch.setattr(bodies.base64, "b64decode", lambda *a, **k: pytest.fail("decoded"))
+    monkeypatch.setattr(values.base64, "b64decode", lambda *a, **k: pytest.fail("decoded"))
     limits = bodies.BodyLimits(None, MAX_BODY, max_image_bytes=1000)
     text = base64.b64encode(b"\0" * 1003).decode()
     for payload in ({"image": text}, {"instances": [{"b64": text}]}):
@@ -638,7 +639,7 @@ def test_base64_at_max_image_bytes_is_accepted():
 
 
 def test_batch_size_is_checked_before_any_base64_is_decoded(monkeypatch):
-    monkeypatch.setattr(bodies.base64, "b64decode", lambda *a, **k: pytest.fail("decoded"))
+    monkeypatch.setattr(values.base64, "b64decode", lambda *a, **k: pytest.fail("decoded"))
     limits = bodies.BodyLimits(None, MAX_BODY, max_batch_size=3)
     with pytest.raises(PayloadTooLarge) as info:
         bodies.body_from_json({"instances": [{"b64": "AAAA"}] * 4}, {}, limits)
@@ -648,6 +649,6 @@ def test_batch_size_is_checked_before_any_base64_is_decoded(monkeypatch):
 @pytest.mark.parametrize("depth, refused", [(MAX_DEPTH, False), (MAX_DEPTH + 1, True)])
 def test_json_depth_limit_is_exact(depth, refused):
     text = b'{"a": ' * (depth - 1) + b'["[[[\\"\\\\", "]]"]' + b"}" * (depth - 1)
-    assert bodies.json_depth_exceeds(text, MAX_DEPTH) is refused
+    assert values.json_depth_exceeds(text, MAX_DEPTH) is refused
     if not refused:
-        assert bodies.parse_json(text, MAX_DEPTH)
+        assert values.parse_json(text, MAX_DEPTH)
