@@ -110,9 +110,14 @@ class Access:
                 self._tarpit.release()
 
     def release(self) -> None:
-        """on_end_request: the request no longer counts towards its client's in-flight cap."""
-        client = getattr(cherrypy.serving.request, "access_client", None)
+        """The request no longer counts towards its client's in-flight cap: once its answer
+        is ready (before_finalize, after_error_response), before a byte of it is sent, so a
+        client that has its answer may send the next request; on_end_request at the latest.
+        Once per request."""
+        request = cherrypy.serving.request
+        client = getattr(request, "access_client", None)
         if client is not None:
+            request.access_client = None
             self.limiter.leave(client)
 
     def _authenticate(self, policy: str, request: Any) -> ApiKey | None:
@@ -214,7 +219,8 @@ class AccessTool(cherrypy.Tool):
         hooks = cherrypy.serving.request.hooks
         hooks.attach("before_request_body", access.check, priority=30)
         hooks.attach("before_handler", access.check_form_key, priority=30)
-        hooks.attach("on_end_request", access.release, priority=80)
+        for point in ("before_finalize", "after_error_response", "on_end_request"):
+            hooks.attach(point, access.release, priority=80)
 
 
 cherrypy.tools.access = AccessTool()

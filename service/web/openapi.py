@@ -288,9 +288,7 @@ PATH_PARAMS = {"name": MODEL_NAME, "idx": MNIST_INDEX,
                "version": path_param("version", STR, "A model version, e.g. 2: answered only "
                                                      "while that version serves."),
                "label": path_param("label", STR, "A version label: stable (the serving "
-                                                 "version)."),
-               "verb": path_param("verb", STR, "A TF Serving verb: predict and classify are "
-                                               "the routes above; regress is not supported.")}
+                                                 "version).")}
 ADMIN_TOKEN = [{"bearerToken": []}, {"adminToken": []}]
 
 

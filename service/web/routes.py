@@ -72,9 +72,6 @@ ROUTES = (
             **json_ok("TFClassifyResponse", "The classes of each example, best first."),
             **errors(*TF_PREDICT_ERRORS)}, "tfserving",
         requestBody=json_body("TFClassifyRequest")), config=RAW_BODY),
-    Route(f"/v1/models/{NAME}:{{verb}}", ("GET", "POST"), tfserving.unsupported_verb, KEY,
-          operation("TF Serving verbs this service does not have (:regress): 404.", {
-              **errors(404, 405)}, "tfserving"), MESSAGE_ANSWER, protocol="tfserving"),
     *tf_serving("/metadata", ("GET",), tfserving.get_metadata, operation(
         "TF Serving model metadata: the signatures (serving_default: encoded images; tensor: "
         "the model's input).", {
@@ -85,7 +82,7 @@ ROUTES = (
             **json_ok("TFModelStatus", "GetModelStatusResponse."),
             **errors(400, 404, 405, 500, 503)}, "tfserving"),
         pins=("/versions/{version}", "/labels/{label}")),
-    Route("/v1/models/{name}", ("GET",), api.get_model, KEY, operation(
+    Route(f"/v1/models/{NAME}", ("GET",), api.get_model, KEY, operation(
         "One model's manifest-derived metadata, layers, pool settings and versions; "
         "model_version_status answers TF Serving's model status call.", {
             **json_ok("ModelDetails", "The model."), **errors(404, 405, 500)}, "models")),

@@ -59,11 +59,6 @@ def classify(app: Any, /, name: str, version: str | None = None, label: str | No
     return tfserving.encode_classify(result.probabilities, model.labels)
 
 
-def unsupported_verb(app: Any, /, name: str, verb: str, **_: Any) -> None:
-    raise NotFound(f"':{verb}' is not supported here: this service classifies; use ':predict' "
-                   "or ':classify'.", "not_found")
-
-
 def _pinned(app: Any, name: str, version: str | None, label: str | None) -> int | None:
     """The version a ``/versions/{v}`` or ``/labels/{l}`` path asks for (None: any)."""
     if label is None:

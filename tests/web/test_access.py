@@ -39,6 +39,8 @@ def keyed_server(tmp, extra: str = "") -> tuple[ServerProcess, dict[str, str]]:
         "slow": add_key(path, "slow", limits={"requests_per_s": 1, "requests_burst": 2})[1],
         "few": add_key(path, "few", limits={"images_per_s": 0.5, "images_burst": 4})[1],
         "one": add_key(path, "one", limits={"max_in_flight": 1})[1],
+        "protocols": add_key(path, "protocols", limits={"images_per_s": 0.1,
+                                                        "images_burst": 4})[1],
     }
     config = (f'[service]\nmodels = ["digits-cnn"]\n[auth]\nkeys_file = "{path}"\n{extra}')
     proc = ServerProcess(tmp, config, ready_headers=bearer(keys["user"])).start()
@@ -193,6 +195,54 @@ def test_images_are_limited_by_count(keyed):
     assert second.status_code == 429 and "images a second" in second.json()["error"]["message"]
     too_big = requests.post(proc.url + PREDICT, json=batch(5), headers=headers, timeout=10)
     assert too_big.status_code == 429 and "split" in too_big.json()["error"]["message"]
+
+
+# -- the standard protocols: the same keys and limits, their own error shape -------------------
+V2_INFER = "/v2/models/digits-cnn/infer"
+TF_PREDICT = "/v1/models/digits-cnn:predict"
+
+
+def v2_body(n: int) -> dict:
+    b64 = base64.b64encode(IMAGE).decode()
+    return {"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [n],
+                        "data": [b64] * n}]}
+
+
+@pytest.mark.parametrize("method,path", [
+    ("POST", V2_INFER), ("GET", "/v2/models/digits-cnn"), ("GET", "/v2/models/digits-cnn/ready"),
+    ("POST", TF_PREDICT), ("POST", "/v1/models/digits-cnn:classify"),
+    ("GET", "/v1/models/digits-cnn/metadata"), ("GET", "/v1/models/digits-cnn/labels/stable"),
+])
+def test_the_protocols_need_a_key_and_say_so_in_their_shape(keyed, method, path):
+    proc, _ = keyed
+    response = requests.request(method, proc.url + path, json=v2_body(1), timeout=10)
+    assert response.status_code == 401 and response.headers["WWW-Authenticate"] == "Bearer"
+    assert list(response.json()) == ["error"] and "key" in response.json()["error"]
+
+
+def test_the_protocols_health_stays_open_and_a_key_lets_them_through(keyed):
+    proc, keys = keyed
+    for path in ("/v2", "/v2/health/live", "/v2/health/ready"):
+        assert requests.get(proc.url + path, timeout=10).status_code == 200
+    v2 = requests.post(proc.url + V2_INFER, json=v2_body(1), headers=bearer(keys["user"]),
+                       timeout=10)
+    tf = requests.post(proc.url + TF_PREDICT, json=batch(1), headers=bearer(keys["user"]),
+                       timeout=10)
+    assert v2.status_code == 200 and v2.json()["outputs"][1]["data"] == [7]
+    assert tf.status_code == 200 and len(tf.json()["predictions"]) == 1
+
+
+def test_one_image_budget_is_shared_by_every_protocol(keyed):
+    """4 images, refilled at one per 10 s: 3 through V2, then 3 more anywhere are refused."""
+    proc, keys = keyed
+    headers = bearer(keys["protocols"])
+    first = requests.post(proc.url + V2_INFER, json=v2_body(3), headers=headers, timeout=10)
+    assert first.status_code == 200
+    for path, body in ((TF_PREDICT, batch(3)), (V2_INFER, v2_body(3)), (PREDICT, batch(3))):
+        refused = requests.post(proc.url + path, json=body, headers=headers, timeout=10)
+        assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+        error = refused.json()["error"]
+        assert "images a second" in (error if isinstance(error, str) else error["message"])
 
 
 def test_a_key_with_one_request_in_flight_gets_503_for_a_second(keyed):

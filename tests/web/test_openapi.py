@@ -24,7 +24,18 @@ KNOWN_ROUTES = {
     "/openapi.json", "/v1/models", "/v1/models/{name}", "/v1/models/{name}/predict",
     "/v1/models/{name}/reload", "/v1/predict", "/v1/feedback", "/recognize", "/mnist/classify",
     "/mnist/classify/{idx}", "/mnist/image/{idx}", "/mnist/label/{idx}", "/feedback_form",
+    "/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/ready",
+    "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer",
+    "/v1/models/{name}:predict", "/v1/models/{name}:classify", "/v1/models/{name}/metadata",
+    "/v1/models/{name}/versions/{version}", "/v1/models/{name}/labels/{label}",
 }
+V2_IMAGES = {"json": {"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1],
+                                  "data": [B64]}]}}
+V2_BINARY = {"json": {"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1],
+                                  "data": [B64]}],
+                      "outputs": [{"name": "class", "parameters": {"binary_data": True}}]}}
+TF_ROW = {"json": {"instances": [{"b64": B64}]}}
+TF_EXAMPLES = {"json": {"examples": [{"image_bytes": {"b64": B64}}]}}
 
 
 def png_json(**more: Any) -> dict:
@@ -152,6 +163,65 @@ CASES = [
     Case("GET", "/mnist/image/{idx}", "/mnist/image/x", 404),
     Case("GET", "/mnist/label/{idx}", "/mnist/label/42", 200),
     Case("GET", "/mnist/label/{idx}", "/mnist/label/10000", 404),
+    # the Open Inference Protocol (KServe V2); {version} is filled in by serving_version()
+    Case("GET", "/v2", "/v2", 200),
+    Case("GET", "/v2/health/live", "/v2/health/live", 200),
+    Case("GET", "/v2/health/ready", "/v2/health/ready", 200),
+    Case("POST", "/v2/health/ready", "/v2/health/ready", 405),
+    Case("GET", "/v2/models/{name}", "/v2/models/digits-cnn", 200),
+    Case("GET", "/v2/models/{name}", "/v2/models/nope", 404),
+    Case("GET", "/v2/models/{name}/versions/{version}", "/v2/models/digits-cnn/versions/{v}", 200),
+    Case("GET", "/v2/models/{name}/versions/{version}", "/v2/models/digits-cnn/versions/x", 400),
+    Case("GET", "/v2/models/{name}/ready", "/v2/models/digits-cnn/ready", 200),
+    Case("GET", "/v2/models/{name}/versions/{version}/ready",
+         "/v2/models/digits-cnn/versions/{v}/ready", 200),
+    Case("GET", "/v2/models/{name}/versions/{version}/ready",
+         "/v2/models/digits-cnn/versions/99/ready", 404),
+    Case("POST", "/v2/models/{name}/infer", "/v2/models/digits-cnn/infer", 200, V2_IMAGES),
+    Case("POST", "/v2/models/{name}/infer", "/v2/models/digits-cnn/infer", 200, V2_BINARY),
+    Case("POST", "/v2/models/{name}/infer", "/v2/models/digits-cnn/infer", 400,
+         {"json": {"inputs": []}}),
+    Case("POST", "/v2/models/{name}/infer", "/v2/models/digits-cnn/infer", 413,
+         {"json": {"inputs": [{"name": "i", "datatype": "BYTES", "shape": [257],
+                               "data": [B64] * 257}]}}),
+    Case("GET", "/v2/models/{name}/infer", "/v2/models/digits-cnn/infer", 405),
+    Case("POST", "/v2/models/{name}/versions/{version}/infer",
+         "/v2/models/digits-cnn/versions/{v}/infer", 200, V2_IMAGES),
+    Case("POST", "/v2/models/{name}/versions/{version}/infer",
+         "/v2/models/digits-cnn/versions/99/infer", 404, V2_IMAGES),
+    # TensorFlow Serving's REST API
+    Case("POST", "/v1/models/{name}:predict", "/v1/models/digits-cnn:predict", 200, TF_ROW),
+    Case("POST", "/v1/models/{name}:predict", "/v1/models/digits-cnn:predict", 200,
+         {"json": {"inputs": {"image": [[[[0.0]] * 28] * 28]}}}),
+    Case("POST", "/v1/models/{name}:predict", "/v1/models/digits-cnn:predict", 400,
+         {"json": {"instances": "x"}}),
+    Case("POST", "/v1/models/{name}:predict", "/v1/models/nope:predict", 404, TF_ROW),
+    Case("GET", "/v1/models/{name}:predict", "/v1/models/digits-cnn:predict", 405),
+    Case("POST", "/v1/models/{name}/versions/{version}:predict",
+         "/v1/models/digits-cnn/versions/{v}:predict", 200, TF_ROW),
+    Case("POST", "/v1/models/{name}/labels/{label}:predict",
+         "/v1/models/digits-cnn/labels/stable:predict", 200, TF_ROW),
+    Case("POST", "/v1/models/{name}/labels/{label}:predict",
+         "/v1/models/digits-cnn/labels/canary:predict", 404, TF_ROW),
+    Case("POST", "/v1/models/{name}:classify", "/v1/models/digits-cnn:classify", 200,
+         TF_EXAMPLES),
+    Case("POST", "/v1/models/{name}:classify", "/v1/models/digits-cnn:classify", 400,
+         {"json": {"examples": []}}),
+    Case("POST", "/v1/models/{name}/versions/{version}:classify",
+         "/v1/models/digits-cnn/versions/{v}:classify", 200, TF_EXAMPLES),
+    Case("POST", "/v1/models/{name}/labels/{label}:classify",
+         "/v1/models/digits-cnn/labels/stable:classify", 200, TF_EXAMPLES),
+    Case("GET", "/v1/models/{name}/metadata", "/v1/models/digits-cnn/metadata", 200),
+    Case("GET", "/v1/models/{name}/metadata", "/v1/models/nope/metadata", 404),
+    Case("GET", "/v1/models/{name}/versions/{version}/metadata",
+         "/v1/models/digits-cnn/versions/{v}/metadata", 200),
+    Case("GET", "/v1/models/{name}/labels/{label}/metadata",
+         "/v1/models/digits-cnn/labels/stable/metadata", 200),
+    Case("GET", "/v1/models/{name}/versions/{version}", "/v1/models/digits-cnn/versions/{v}",
+         200),
+    Case("GET", "/v1/models/{name}/versions/{version}", "/v1/models/digits-cnn/versions/99",
+         404),
+    Case("GET", "/v1/models/{name}/labels/{label}", "/v1/models/digits-cnn/labels/stable", 200),
     # HTML
     Case("GET", "/", "/", 200),
     Case("POST", "/", "/", 405),
@@ -228,9 +298,14 @@ def test_every_documented_operation_is_exercised(document):
 def test_responses_match_the_document(case, document, server, request):
     url = request.getfixturevalue("admin_server") if case.server == "admin" else server
     kwargs = case.request(url) if callable(case.request) else case.request
-    response = requests.request(case.method, url + case.path, timeout=30, **kwargs)
+    path = case.path.replace("{v}", str(serving_version(url)))
+    response = requests.request(case.method, url + path, timeout=30, **kwargs)
     assert response.status_code == case.status, response.text[:500]
     check_against_document(document, case, response)
+
+
+def serving_version(url: str) -> int:
+    return requests.get(url + CNN, timeout=10).json()["serving"]
 
 
 def check_against_document(document: dict, case: Case, response: requests.Response) -> None:

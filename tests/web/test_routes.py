@@ -16,6 +16,11 @@ from service.web.routes import ROUTES, policy_for, route_template
     ("/mnist/classify/42", "/mnist/classify/{idx}"), ("/mnist/classify", "/mnist/classify"),
     ("/static/app.js", "/static/{file}"), ("/openapi.json", "/openapi.json"),
     ("/wp-admin/login.php", "unmatched"), ("/v1/models/a/b/c", "unmatched"),
+    ("/v1/models/digits-cnn:predict", "/v1/models/{name}:predict"),
+    ("/v1/models/m/versions/2:classify", "/v1/models/{name}/versions/{version}:classify"),
+    ("/v1/models/m/labels/stable", "/v1/models/{name}/labels/{label}"),
+    ("/v1/models/m:regress", "unmatched"), ("/v2/models/m/versions/3/infer",
+                                            "/v2/models/{name}/versions/{version}/infer"),
 ])
 def test_route_templates_bound_label_cardinality(path, template):
     assert route_template(path) == template
@@ -26,6 +31,8 @@ def test_route_templates_bound_label_cardinality(path, template):
     ("/v1/models/digits-cnn/reload", ADMIN), ("/recognize", KEY), ("/mnist/classify/3", KEY),
     ("/mnist/image/3", OPEN), ("/healthz", HEALTH), ("/metrics", METRICS), ("/result", FORM),
     ("/", OPEN), ("/openapi.json", OPEN), ("/static/app.js", OPEN), ("/v1x", OPEN),
+    ("/v2", HEALTH), ("/v2/health/ready", HEALTH), ("/v2/models/m/infer", KEY),
+    ("/v2/models/m", KEY), ("/v1/models/m:predict", KEY), ("/v1/models/m/metadata", KEY),
 ])
 def test_each_route_has_one_access_policy(path, policy):
     assert policy_for(path) == policy

@@ -134,7 +134,6 @@ def test_model_status_and_metadata(server, serving):
      "Unknown signature_name"),
     (f"/v1/models/{CNN}:predict", {"instances": [{"b64": "AAAA"}] * 257}, 413, "at most 256"),
     ("/v1/models/nope:predict", {"instances": [[0.0] * 784]}, 404, "no model named"),
-    (f"/v1/models/{CNN}:regress", {"examples": []}, 404, "not supported"),
     (f"/v1/models/{CNN}:classify", {"examples": [{"a": 1, "b": 2}]}, 400, "one feature"),
 ])
 def test_errors_are_tf_serving_shaped_with_the_right_status(server, path, body, status, words):
@@ -142,6 +141,10 @@ def test_errors_are_tf_serving_shaped_with_the_right_status(server, path, body, 
     assert answer.status_code == status, answer.text
     error = answer.json()
     assert list(error) == ["error"] and words in error["error"]
+
+
+def test_regress_is_not_there(server):
+    assert post(server, f"/v1/models/{CNN}:regress", {"examples": [{"x": 1}]}).status_code == 404
 
 
 def test_cherrypys_own_errors_are_tf_serving_shaped_too(server):
