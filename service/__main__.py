@@ -193,6 +193,9 @@ def _add_classify_parser(commands: Subcommands) -> None:
     classify.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     classify.add_argument("--api-key", help="sent as X-API-Key")
     classify.add_argument("--top-k", type=int, default=3)
+    classify.add_argument("--protocol", choices=("native", "v2"), default="native",
+                          help="native: /v1/models/M/predict (JSON, base64); v2: the Open "
+                               "Inference Protocol's /v2/models/M/infer (binary tensors)")
     classify.add_argument("--retries", type=int, default=8,
                           help="per request, on 429, 503 or a lost connection")
     classify.add_argument("--out", type=Path, metavar="FILE",
@@ -224,7 +227,7 @@ def _classify(args: argparse.Namespace) -> int:
     client = bulk.Classifier(bulk.Options(
         url=args.url, model=args.model, batch=args.batch, concurrency=args.concurrency,
         api_key=args.api_key, retries=args.retries, top_k=args.top_k,
-        progress=not args.no_progress))
+        progress=not args.no_progress, protocol=args.protocol))
     started = time.monotonic()
     rows = client.classify(files)
     for line in bulk.summary(rows, time.monotonic() - started, client.retried):

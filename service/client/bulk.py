@@ -1,16 +1,16 @@
 """``python -m service classify PATH...``: a folder of images through a running service.
 
-Walks the paths for image files, sends them in batches (JSON with base64) on a few threads,
+Walks the paths for image files, sends them in batches (the native JSON API, or the Open
+Inference Protocol: ``wires.py``) on a few threads,
 shows a progress bar with images/s, retries 429 and 503 as ``Retry-After`` says, and writes
 one row per file. Files in folders named by their digit (``.../7/img.png``) are scored:
 accuracy and a confusion matrix. A batch the service refuses because of one image is sent
 again one image at a time, so the other files still get their answer.
 
-Only HTTP and the JSON API: nothing here imports TensorFlow or the server's code paths.
+Only HTTP: nothing here imports TensorFlow or the server's code paths.
 """
 from __future__ import annotations
 
-import base64
 import csv
 import json
 import sys
@@ -24,6 +24,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import requests
 from tqdm import tqdm
+
+from .wires import WIRES, Answer
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
 RETRY_STATUSES = {429, 503}
@@ -43,6 +45,7 @@ class Options:
     retries: int = 8
     top_k: int = 3
     progress: bool = True
+    protocol: str = "native"  # or "v2" (wires.WIRES)
 
 
 @dataclass
@@ -97,6 +100,7 @@ class Classifier:
 
     def __init__(self, options: Options):
         self.options = options
+        self.wire = WIRES[options.protocol](options.url, options.model, options.top_k)
         self._local = threading.local()
         self.retried = 0  # requests sent again after a 429/503 or a lost connection
         self._lock = threading.Lock()
@@ -123,21 +127,19 @@ class Classifier:
                     self._batch([row])
         return len(rows)
 
-    def _send(self, rows: list[Row]) -> dict:
-        body = {"instances": [{"b64": _b64(Path(r.path))} for r in rows],
-                "top_k": self.options.top_k}
-        url = f"{self.options.url.rstrip('/')}/v1/models/{self.options.model}/predict"
-        headers = {"X-API-Key": self.options.api_key} if self.options.api_key else {}
+    def _send(self, rows: list[Row]) -> Answer:
+        request = self.wire.request([Path(r.path) for r in rows])
+        if self.options.api_key:
+            request["headers"] = {**request.get("headers", {}), "X-API-Key": self.options.api_key}
         wait = 0.5
         for attempt in range(self.options.retries + 1):
             try:
-                response = self._session().post(url, json=body, headers=headers,
-                                                 timeout=TIMEOUT_S)
+                response = self._session().post(**request, timeout=TIMEOUT_S)
             except requests.RequestException as exc:  # refused, reset, timed out: try again
                 error, delay = Failed(f"no answer: {exc}"), wait
             else:
                 if response.status_code == 200:
-                    return response.json()
+                    return self.wire.answer(response)
                 error = Failed(_message(response), response.status_code)
                 if response.status_code not in RETRY_STATUSES:
                     raise error
@@ -151,13 +153,11 @@ class Classifier:
         raise AssertionError("unreachable")
 
     @staticmethod
-    def _fill(rows: list[Row], answer: dict) -> None:
-        for row, prediction in zip(rows, answer["predictions"]):
-            row.class_ = prediction["class"]
-            row.probability = prediction["probability"]
-            row.top_k = [[c["class"], c["probability"]] for c in prediction["top_k"]]
-            row.model, row.version = answer["model"], answer["version"]
-            row.request_id = answer["request_id"]
+    def _fill(rows: list[Row], answer: Answer) -> None:
+        for row, (class_, probability, top_k) in zip(rows, answer.predictions):
+            row.class_, row.probability, row.top_k = class_, probability, top_k
+            row.model, row.version = answer.model, answer.version
+            row.request_id = answer.request_id
 
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
@@ -166,13 +166,11 @@ class Classifier:
         return session
 
 
-def _b64(path: Path) -> str:
-    return base64.b64encode(path.read_bytes()).decode("ascii")
-
-
 def _message(response: requests.Response) -> str:
     try:
         error = response.json()["error"]
+        if isinstance(error, str):  # the standard protocols' shape
+            return f"{response.status_code}: {error}"
         return f"{response.status_code} {error['code']}: {error['message']}"
     except (ValueError, KeyError, TypeError):
         return f"{response.status_code}: {response.text[:200]}"

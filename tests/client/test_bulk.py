@@ -47,15 +47,16 @@ def classify(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.parametrize("protocol", ["native", "v2"])
 def test_a_folder_is_classified_scored_and_written_with_503s_retried(busy_server, folder,
-                                                                     tmp_path):
+                                                                     tmp_path, protocol):
     out, picture = tmp_path / "results.csv", tmp_path / "confusion.png"
     done = classify(str(folder), "--url", busy_server.url, "--batch", "20", "--concurrency",
-                    "4", "--out", str(out), "--confusion", str(picture))
+                    "4", "--out", str(out), "--confusion", str(picture), "--protocol", protocol)
     assert done.returncode == 0, done.stdout + done.stderr
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == COUNT and not any(r["error"] for r in rows)
-    assert all(r["model"] == "digits-cnn" and r["request_id"] for r in rows)
+    assert all(r["model"] == "digits-cnn" and r["request_id"] and r["version"] for r in rows)
     right = sum(int(r["class"]) == int(Path(r["path"]).parent.name) for r in rows)
     assert right >= 0.97 * COUNT
     assert f"accuracy: {right / COUNT:.4%} on {COUNT} images" in done.stdout
@@ -66,7 +67,9 @@ def test_a_folder_is_classified_scored_and_written_with_503s_retried(busy_server
     assert len(json.loads(rows[0]["top_k"])) == 3
 
 
-def test_a_bad_file_fails_alone_and_the_exit_status_says_so(busy_server, folder, tmp_path):
+@pytest.mark.parametrize("protocol, says", [("native", "400 invalid_image:"), ("v2", "400: ")])
+def test_a_bad_file_fails_alone_and_the_exit_status_says_so(busy_server, folder, tmp_path,
+                                                            protocol, says):
     mixed = tmp_path / "mixed"
     (mixed / "7").mkdir(parents=True)
     for source in sorted((folder / "7").glob("*.png"))[:5]:
@@ -74,12 +77,12 @@ def test_a_bad_file_fails_alone_and_the_exit_status_says_so(busy_server, folder,
     (mixed / "7" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     out = tmp_path / "results.jsonl"
     done = classify(str(mixed), "--url", busy_server.url, "--batch", "6", "--out", str(out),
-                    "--no-progress")
+                    "--no-progress", "--protocol", protocol)
     assert done.returncode == 1
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     failed = [r for r in rows if r["error"]]
     assert [Path(r["path"]).name for r in failed] == ["broken.png"]
-    assert "invalid_image" in failed[0]["error"]
+    assert failed[0]["error"].startswith(says)
     assert sum(r["class"] == 7 for r in rows) == 5
 
 
