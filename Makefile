@@ -7,7 +7,7 @@ PORT   ?= 8080
 WORKERS ?= 2
 
 .PHONY: install serve daemon stop test train fast-train evaluate bench fixtures clean fuzz soak \
-        fairness hostile test-runs cluster bench-workers accuracy wild
+        fairness hostile test-runs cluster bench-workers bench-protocols accuracy wild
 
 install: $(STAMP)
 
@@ -50,6 +50,9 @@ bench: install                 ## measure and rewrite bench/RESULTS.md
 
 bench-workers: install         ## 1 vs 2 workers vs 2 behind nginx (~5 min) -> bench/RESULTS.md "workers"
 	$(PY) bench/workers.py
+
+bench-protocols: install       ## V2 and TF Serving vs the native route (~4 min) -> bench/RESULTS.md "protocols"
+	$(PY) bench/protocols.py
 
 fuzz: install                  ## tests/web/test_fuzz.py with many more cases than CI's default
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} $(PY) -m pytest -q tests/web/test_fuzz.py

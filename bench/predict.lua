@@ -2,6 +2,7 @@
 --   BENCH_BODY_FILE       the request body (e.g. tests/fixtures/digit7_28.png)
 --   BENCH_CONTENT_TYPE    its Content-Type (default image/png)
 --   BENCH_MAX_PER_THREAD  stop a wrk thread after this many responses (0: no cap)
+--   BENCH_EXTRA_HEADER    optional "Name: value" (e.g. V2's Inference-Header-Content-Length)
 -- done() prints one line "BENCH_JSON {...}" that run.py parses.
 
 local body_file = assert(os.getenv("BENCH_BODY_FILE"), "BENCH_BODY_FILE is not set")
@@ -12,6 +13,11 @@ wrk.method = "POST"
 wrk.body = handle:read("*a")
 handle:close()
 wrk.headers["Content-Type"] = os.getenv("BENCH_CONTENT_TYPE") or "image/png"
+local extra = os.getenv("BENCH_EXTRA_HEADER")
+if extra and extra ~= "" then
+  local name, value = extra:match("^([^:]+):%s*(.*)$")
+  wrk.headers[name] = value
+end
 
 -- Per-thread counters (globals, so that done() can read them with thread:get).
 responses = 0

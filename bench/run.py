@@ -627,13 +627,15 @@ def measure_http_latency(server: BenchServer, body: bytes, requests: int, warmup
 
 
 def run_wrk(server: BenchServer, body_file: Path, seconds: float, max_requests: int,
-            clients: int = CLIENTS) -> dict[str, Any]:
+            clients: int = CLIENTS, path: str = PREDICT_PATH, content_type: str = "image/png",
+            extra_header: str = "") -> dict[str, Any]:
     threads = max(1, min(clients, os.cpu_count() or 1))
-    env = {**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_CONTENT_TYPE": "image/png",
-           "BENCH_MAX_PER_THREAD": str(math.ceil(max_requests / threads))}
+    env = {**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_CONTENT_TYPE": content_type,
+           "BENCH_MAX_PER_THREAD": str(math.ceil(max_requests / threads)),
+           "BENCH_EXTRA_HEADER": extra_header}
     command = [shutil.which("wrk"), "-t", str(threads), "-c", str(clients),
                "-d", f"{max(1, round(seconds))}s", "--latency", "--timeout", "10s",
-               "-s", str(WRK_SCRIPT), server.url + PREDICT_PATH]
+               "-s", str(WRK_SCRIPT), server.url + path]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=seconds + 120)
     line = next((l for l in done.stdout.splitlines() if l.startswith("BENCH_JSON ")), None)
     if done.returncode != 0 or line is None:

@@ -12,6 +12,7 @@ import configparser
 import dataclasses
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -270,6 +271,10 @@ def load_settings(path: Path | None) -> Settings:
     service = _build(ServiceSettings, raw.get("service", {}), f"{where} [service]")
     model_sections = {n[len(MODEL_PREFIX):]: v for n, v in raw.items() if n.startswith(MODEL_PREFIX)}
     names = raw.get("service", {}).get("models") or list(model_sections) or list(DEFAULT_MODELS)
+    for name in names:
+        if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
+            raise ConfigError(f"{where} [service] models: {name!r} is not a model name (letters, "
+                              "digits, '.', '_', '-'; it is a path segment and a file name)")
     models = [_model_config(n, model_sections.get(n, {}), f"{where} [model:{n}]") for n in names]
     sections = {name: _build(cls, raw.get(name, {}), f"{where} [{name}]")
                 for name, cls in SECTIONS.items()}
@@ -289,6 +294,7 @@ def load_settings(path: Path | None) -> Settings:
                     **sections)
 
 
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 SECTIONS = {"s3": S3Settings, "store": StoreSettings, "inputlog": InputLogSettings,
             "logging": LogSettings, "auth": AuthSettings, "ratelimit": RateLimitSettings}
 CHOICES = {("store", "kind"): ("local", "s3"), ("inputlog", "backend"): ("local", "s3"),

@@ -54,6 +54,7 @@ def test_intra_op_threads_0_splits_the_cores_between_workers_and_sessions(
     ("[service]\nmax_pixels = -1\n", "max_pixels"),
     ("[service]\nbogus = 1\n", "bogus"),
     ("[service]\ndefault_model = \"nope\"\n", "default_model"),
+    ("[service]\nmodels = [\"digits:cnn\"]\n", "models: 'digits:cnn' is not a model name"),
     ("[model:digits-cnn]\npool_size = 0\n", "pool_size"),
     ("[model:digits-cnn]\nmax_batch_size = 1.5\n", "max_batch_size"),
     ("[service]\nmax_batch_size = unquoted words\n", "max_batch_size"),

@@ -280,7 +280,8 @@ OPTION_PARAMS = [
     query("y", NUM, "Crop centre y, pixels of the original image (raw bodies)."),
     query("crop", INSTANCE_OPTIONS["crop"], "Crop size, a fraction of the shorter side."),
 ]
-MODEL_NAME = path_param("name", STR, "A served model, e.g. digits-cnn.")
+MODEL_NAME = path_param("name", {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$"},
+                        "A served model, e.g. digits-cnn.")
 MNIST_INDEX = path_param("idx", {"type": "integer", "minimum": 0, "maximum": 9999},
                          "An MNIST test image index.")
 PATH_PARAMS = {"name": MODEL_NAME, "idx": MNIST_INDEX,

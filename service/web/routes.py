@@ -18,7 +18,7 @@ from .openapi import (ADMIN_TOKEN, B64, BINARY, HTML, JSON, NUM, OPTION_PARAMS,
                       PREDICT_ERRORS, STR, array, build_document, error, errors, json_body,
                       json_ok, obj, operation, predict_body, query, ref)
 
-TF_PREDICT_ERRORS = (400, 404, 405, 413, 422, 500, 503, 504)
+INFER_ERRORS = (400, 404, 405, 413, 422, 500, 503, 504)  # the protocols' predict routes
 
 HTML_ANSWER = Answer(ui.render_error, ui.html_error_page)  # the form's routes: HTML pages
 BODILESS_POST = {"tools.bodiless_post.on": True}  # a bare POST .../reload is not a 411
@@ -26,7 +26,9 @@ BODILESS_POST = {"tools.bodiless_post.on": True}  # a bare POST .../reload is no
 IMAGE_BODY = {"request.body.processors": PREDICT_BODY_PROCESSORS}
 # The protocols' bodies are read as they are, whatever the Content-Type (curl -d's included).
 RAW_BODY = {"request.body.processors": {}}
-NAME = "{name:[^/:]+}"  # a model name in TF Serving's paths ends at its ":verb"
+# TF Serving's paths end in ":verb": the native /v1/models/{name} takes no ':' in a name (so
+# x:regress is no route), TF Serving's take the shortest name before their own suffix.
+NATIVE_NAME, TF_NAME = "{name:[^/:]+}", "{name:[^/]+?}"
 
 
 def with_protocol(protocol: str, *routes: Route) -> list[Route]:
@@ -38,7 +40,7 @@ def tf_serving(suffix: str, methods: tuple[str, ...], handler, operation_: dict,
                pins: tuple[str, ...] = ("", "/versions/{version}", "/labels/{label}"),
                config: dict | None = None) -> list[Route]:
     """A TF Serving route and its pinned forms (``/versions/{v}``, ``/labels/{l}``)."""
-    return [Route(f"/v1/models/{NAME}{pin}{suffix}", methods, handler, KEY, operation_,
+    return [Route(f"/v1/models/{TF_NAME}{pin}{suffix}", methods, handler, KEY, operation_,
                   MESSAGE_ANSWER, config or {}, "tfserving") for pin in pins]
 
 
@@ -64,13 +66,13 @@ ROUTES = (
         "TF Serving Predict: {\"instances\": [{\"b64\": ...}]} (row) or {\"inputs\": ...} "
         "(columnar); numbers shaped like the model's input skip preprocessing.", {
             **json_ok("TFPredictResponse", "One probability row per example."),
-            **errors(*TF_PREDICT_ERRORS)}, "tfserving",
+            **errors(*INFER_ERRORS)}, "tfserving",
         requestBody=json_body("TFPredictRequest")), config=RAW_BODY),
     *tf_serving(":classify", ("POST",), tfserving.classify, operation(
         "TF Serving Classify: {\"examples\": [{\"image_bytes\": {\"b64\": ...}}]} -> each "
         "example's [label, score] pairs, best first.", {
             **json_ok("TFClassifyResponse", "The classes of each example, best first."),
-            **errors(*TF_PREDICT_ERRORS)}, "tfserving",
+            **errors(*INFER_ERRORS)}, "tfserving",
         requestBody=json_body("TFClassifyRequest")), config=RAW_BODY),
     *tf_serving("/metadata", ("GET",), tfserving.get_metadata, operation(
         "TF Serving model metadata: the signatures (serving_default: encoded images; tensor: "
@@ -82,7 +84,7 @@ ROUTES = (
             **json_ok("TFModelStatus", "GetModelStatusResponse."),
             **errors(400, 404, 405, 500, 503)}, "tfserving"),
         pins=("/versions/{version}", "/labels/{label}")),
-    Route(f"/v1/models/{NAME}", ("GET",), api.get_model, KEY, operation(
+    Route(f"/v1/models/{NATIVE_NAME}", ("GET",), api.get_model, KEY, operation(
         "One model's manifest-derived metadata, layers, pool settings and versions; "
         "model_version_status answers TF Serving's model status call.", {
             **json_ok("ModelDetails", "The model."), **errors(404, 405, 500)}, "models")),
@@ -146,7 +148,7 @@ ROUTES = (
             "200": {"description": "The requested outputs (probabilities, class).",
                     "content": {JSON: {"schema": ref("V2InferResponse")},
                                 "application/octet-stream": {"schema": BINARY}}},
-            **errors(*TF_PREDICT_ERRORS)}, "v2",
+            **errors(*INFER_ERRORS)}, "v2",
         requestBody={"required": True, "content": {
             JSON: {"schema": ref("V2InferRequest")},
             "application/octet-stream": {"schema": BINARY}}}), config=RAW_BODY),

@@ -128,7 +128,8 @@ def metric(text: str, line_start: str) -> float:
 
 
 def test_metrics_sum_every_worker(cluster):
-    series = 'digits_http_requests_total{method="POST",route="/v1/models/{name}/predict",status="200"}'
+    series = ('digits_http_requests_total{method="POST",protocol="native",'
+              'route="/v1/models/{name}/predict",status="200"}')
     before = metric(requests.get(cluster.url + "/metrics", timeout=10).text, series)
     seen = answers_from_both(cluster)
     made = sum(len(r) for r in seen.values())

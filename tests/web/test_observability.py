@@ -50,8 +50,10 @@ def test_counters_and_histograms_move_with_requests(server):
         return value(after, name, **labels) - value(before, name, **labels)
 
     route = "/v1/models/{name}/predict"
-    assert delta("digits_http_requests_total", route=route, method="POST", status="200") == n
-    assert delta("digits_http_requests_total", route=route, method="POST", status="400") == 1
+    assert delta("digits_http_requests_total", route=route, method="POST", status="200",
+                 protocol="native") == n
+    assert delta("digits_http_requests_total", route=route, method="POST", status="400",
+                 protocol="native") == 1
     assert delta("digits_http_request_duration_seconds_count", route=route) == n + 1
     assert delta("digits_http_rejected_requests_total", code="blank_image", status="400") == 1
     for phase in ("decode", "preprocess", "queue", "inference", "total"):
@@ -62,7 +64,7 @@ def test_counters_and_histograms_move_with_requests(server):
     assert delta("digits_session_run_batch_size_count", model="digits-cnn", version=str(CNN_VERSION)) >= 1
     # One series for every MNIST index, not one per index.
     assert delta("digits_http_requests_total", route="/mnist/label/{idx}", method="GET",
-                 status="200") == 1
+                 status="200", protocol="seed") == 1
     assert not any("123" in str(labels) for _, labels in after)
 
 
