@@ -12,9 +12,11 @@ Pairs, each the same images in the same encoding where the protocol allows it:
   one PNG, TF Serving     native JSON base64                     vs ``:predict`` row format
   256 PNGs               native JSON base64 (its only batch form) vs V2 binary extension
 
-Each variant: one keep-alive client (sequential requests: p50, the per-request cost) and
-wrk with 32 connections for single images, 2 for batches (throughput). The rounds
-interleave the variants because this VM's speed drifts; figures are medians over rounds.
+Each round measures every variant with one keep-alive client (sequential requests: p50, the
+per-request cost), then every variant under wrk with 32 connections for single images, 2 for
+batches (throughput). Before each measurement the input log's writer has caught up (its
+queue is empty), so no variant pays for the previous one's backlog. The rounds interleave
+the variants because this VM's speed drifts; figures are medians over rounds.
 Target (issue 14): the protocol's route costs at most 10 % more than the native one --
 throughput >= native / 1.1 and one client's p50 <= 1.1 x native's.
 """
@@ -26,6 +28,7 @@ import datetime as dt
 import http.client
 import io
 import json
+import re
 import statistics
 import struct
 import sys
@@ -139,14 +142,27 @@ def one_client(server: base.BenchServer, variant: Variant, requests: int) -> dic
 
 def load(server: base.BenchServer, variant: Variant, seconds: float, body_dir: Path
          ) -> dict[str, Any]:
-    body = body_dir / (variant.name.replace(" ", "_").replace(":", "") + ".body")
+    body = body_dir / (re.sub(r"[^\w]+", "_", variant.name) + ".body")
     body.write_bytes(variant.body)
     clients = base.CLIENTS if variant.images == 1 else 2
     result = base.run_wrk(server, body, seconds, 10**9, clients=clients, path=variant.path,
                           content_type=variant.content_type, extra_header=variant.extra_header)
     return {"clients": clients, "requests_per_s": result["requests_per_s"],
             "images_per_s": round(result["requests_per_s"] * variant.images, 1),
-            "p99_ms": result["p99_ms"], "non200": result["non200"]}
+            "p99_ms": result["p99_ms"], "load_non200": result["non200"]}
+
+
+def drained(server: base.BenchServer, timeout: float = 120.0) -> None:
+    """Wait until the input log has written everything queued (its queue depth is 0)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = server.get("/metrics")[1].decode()
+        depth = next((float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                      if line.startswith("digits_inputlog_queue_depth")), 0.0)
+        if depth == 0:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"the input log did not catch up within {timeout:.0f} s")
 
 
 def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -156,18 +172,22 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     rounds: list[dict[str, Any]] = []
     try:
         for number in range(1, args.rounds + 1):
-            figures = {}
+            figures: dict[str, dict[str, Any]] = {}
             for name, variant in made.items():
-                single = one_client(server, variant, args.requests if variant.images == 1
-                                    else max(10, args.requests // 20))
-                figures[name] = {**single, **load(server, variant, args.seconds, workdir)}
-                base.log(f"round {number}, {name}: 1 client p50 {single['p50_ms']} ms; "
+                drained(server)
+                figures[name] = one_client(server, variant, args.requests if variant.images == 1
+                                           else max(10, args.requests // 20))
+            for name, variant in made.items():
+                drained(server)
+                figures[name].update(load(server, variant, args.seconds, workdir))
+                figures[name]["non200"] += figures[name].pop("load_non200")
+                base.log(f"round {number}, {name}: 1 client p50 {figures[name]['p50_ms']} ms; "
                          f"{figures[name]['clients']} clients "
                          f"{figures[name]['images_per_s']} images/s")
             rounds.append(figures)
     finally:
         server.stop()
-    return {"graph": f"{graph.name} v{graph.version}", "rounds": rounds,
+    return {"graph": f"{base.MODEL} v{graph.version}", "rounds": rounds,
             "medians": {name: {key: statistics.median(r[name][key] for r in rounds)
                                for key in ("p50_ms", "images_per_s", "p99_ms")}
                         for name in made},
@@ -177,10 +197,10 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 def markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
     machine = base.machine_info()
     medians, lines = result["medians"], []
-    lines += [f"## The standard protocols against the native route (`make bench-protocols`, "
-              f"bench/protocols.py)", "",
+    lines += ["## The standard protocols against the native route (`make bench-protocols`, "
+              "bench/protocols.py)", "",
               f"- Date (UTC): {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S}; machine: "
-              f"{machine['cpus']} cores, {machine['cpu_model']}; graph {result['graph']}; "
+              f"{machine['cores']} cores, {machine['cpu_model']}; graph {result['graph']}; "
               f"git {base.git_commit()}",
               f"- One server (defaults: input log, metrics, access log on); {args.rounds} "
               f"interleaved round(s); per variant: one keep-alive client ({args.requests} "

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import cherrypy
+import numpy as np
 
 from .. import __version__
 from ..errors import InvalidInput, Unavailable
@@ -74,16 +75,14 @@ def infer(app: Any, /, name: str, version: str | None = None, **_: Any) -> bytes
     return payload
 
 
-def _input(request: v2.Request, model: ServedModel):
+def _input(request: v2.Request, model: ServedModel) -> list[bytes] | np.ndarray:
     """The request's one input: encoded images (BYTES), or the model's own FP32 tensor."""
     if len(request.inputs) != 1:
         raise InvalidInput(f"Send one input: {v2.IMAGE_INPUT!r} (BYTES, encoded images) or "
                            f"{model.manifest.input.op_name!r} (FP32, shaped like the model's "
                            "input).", "bad_instance")
     tensor = request.inputs[0]
-    if tensor.datatype == "BYTES":
-        return tensor.value
-    if tensor.datatype != "FP32":
+    if tensor.datatype not in ("BYTES", "FP32"):
         raise InvalidInput(f"Input {tensor.name!r}: send BYTES (encoded images) or FP32, not "
                            f"{tensor.datatype}.", "bad_instance")
     return tensor.value
