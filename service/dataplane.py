@@ -13,6 +13,7 @@ from typing import Callable, NamedTuple, Protocol
 import numpy as np
 
 from .errors import DeadlineExceeded, InvalidInput, NotFound, PayloadTooLarge
+from .models import explain as occlusion
 from .models import preprocess
 from .models.preprocess import PreprocessSpec, batch, preview
 from .models.loader import ServedModel
@@ -46,6 +47,7 @@ class ModelResult:
     predictions: list[Prediction]
     inputs: np.ndarray  # the preprocessed batch, as the model saw it
     timing_ms: dict[str, float] = field(default_factory=dict)
+    explanations: list[dict] | None = None  # per image, with explain=True (models/explain.py)
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -104,22 +106,45 @@ class DataPlane:
 
     def predict(self, model_names: list[str] | None, instances: list[Instance],
                 top_k: int | None = None, context: RequestContext | None = None,
-                version: int | None = None) -> dict[str, ModelResult]:
+                version: int | None = None, explain: bool = False) -> dict[str, ModelResult]:
         """Run each named model (default: every available one) on the same instances;
-        ``version``: only if that version serves (one model), else NotFound.
+        ``version``: only if that version serves (one model), else NotFound; ``explain``:
+        each image's occlusion maps for its two best classes too.
 
         All models' batches are queued before waiting on any, so the models run concurrently.
         Each model is leased for the whole call, so a version swap never closes it under us.
         """
         started = time.monotonic()
+        if explain and len(instances) > occlusion.MAX_IMAGES:
+            raise InvalidInput(f"explain=true takes at most {occlusion.MAX_IMAGES} images a "
+                               f"request (each costs {occlusion.COPIES} more model runs); got "
+                               f"{len(instances)}.", "bad_parameter")
         self._admit(len(instances), context)
         with self.registry.lease(model_names) as models:
             if not models:
                 self.registry.get(self.registry.names()[0])  # raises the reason nothing is served
             _check_version(models, version)
             results = self._run(models, instances, top_k, started)
+            if explain:
+                self._explain(models, results, started + self.timeout_s)
         self._report(context, instances, results)
         return results
+
+    def _explain(self, models: list[ServedModel], results: dict[str, ModelResult],
+                 deadline: float) -> None:
+        """Every image's occluded copies, one batch per image, all queued before any wait."""
+        for model in models:
+            result, began = results[model.name], time.monotonic()
+            pending = [model.submit(occlusion.occluded(image), deadline) for image in result.inputs]
+            result.explanations = []
+            for image, prediction, reply in zip(result.inputs, result.predictions, pending):
+                occluded, _ = self._wait(model, reply, deadline)
+                best = np.argsort(-prediction.probabilities, kind="stable")[:2].tolist()
+                first, second = occlusion.class_maps(image, prediction.probabilities, occluded,
+                                                   best)
+                result.explanations.append({**first.to_dict(image), "method": "occlusion",
+                                            "second": second.to_dict(image)})
+            result.timing_ms["explain"] = round((time.monotonic() - began) * 1000, 3)
 
     def predict_tensor(self, model_name: str, inputs: np.ndarray, top_k: int | None = None,
                        context: RequestContext | None = None,

@@ -17,18 +17,16 @@ from .bodies import BodyLimits, PredictBody, parse_predict_body
 
 
 def prediction_json(result: ModelResult, request_id: str) -> dict[str, Any]:
-    return {
-        "model": result.model,
-        "version": result.version,
-        "request_id": request_id,
-        "predictions": [
-            {"class": p.class_id, "label": p.label, "probability": p.probability,
-             "top_k": [{"class": c, "label": label, "probability": prob}
-                       for c, label, prob in p.top_k]}
-            for p in result.predictions
-        ],
-        "timing_ms": result.timing_ms,
-    }
+    predictions = [
+        {"class": p.class_id, "label": p.label, "probability": p.probability,
+         "top_k": [{"class": c, "label": label, "probability": prob}
+                   for c, label, prob in p.top_k]}
+        for p in result.predictions
+    ]
+    for prediction, explanation in zip(predictions, result.explanations or ()):
+        prediction["explanation"] = explanation
+    return {"model": result.model, "version": result.version, "request_id": request_id,
+            "predictions": predictions, "timing_ms": result.timing_ms}
 
 
 def model_summary(status: ModelStatus) -> dict[str, Any]:
@@ -78,7 +76,8 @@ class Predictor:
 
     def one(self, name: str, body: PredictBody) -> dict[str, Any]:
         context = request_context()
-        result = self.plane.predict([name], body.instances, body.top_k, context)[name]
+        result = self.plane.predict([name], body.instances, body.top_k, context,
+                                    explain=body.explain)[name]
         return prediction_json(result, context.request_id)
 
     def run(self, name: str, inputs: list[bytes] | np.ndarray, version: int | None = None
@@ -93,7 +92,8 @@ class Predictor:
 
     def many(self, names: list[str] | None, body: PredictBody) -> dict[str, Any]:
         context = request_context()
-        results = self.plane.predict(names, body.instances, body.top_k, context)
+        results = self.plane.predict(names, body.instances, body.top_k, context,
+                                     explain=body.explain)
         return {"request_id": context.request_id,
                 "results": {n: prediction_json(r, context.request_id) for n, r in results.items()}}
 

@@ -37,6 +37,7 @@ PREDICT_BODY_PROCESSORS = {**{k: v for k, v in _cpreqbody.Entity.processors.item
 class PredictBody:
     instances: list[Instance]
     top_k: int | None = None
+    explain: bool = False  # occlusion maps per image (models/explain.py)
 
 
 def parse_predict_body(params: dict[str, Any], limits: BodyLimits) -> PredictBody:
@@ -76,7 +77,7 @@ def _raw_body(params: dict[str, Any], limits: BodyLimits) -> PredictBody:
     if not data:
         raise InvalidInput("The request body is empty; send the image bytes.", "missing_image")
     check_image_bytes(data, limits.max_image_bytes, "The request body")
-    return PredictBody([instance_from_options(data, params)], parse_top_k(params.get("top_k")))
+    return PredictBody([instance_from_options(data, params)], **options(params, params))
 
 
 def _multipart_body(params: dict[str, Any], limits: BodyLimits) -> PredictBody:
@@ -87,7 +88,7 @@ def _multipart_body(params: dict[str, Any], limits: BodyLimits) -> PredictBody:
     if not data:
         raise InvalidInput("The uploaded file 'image' is empty.", "missing_image")
     check_image_bytes(data, limits.max_image_bytes, "The uploaded file 'image'")
-    return PredictBody([instance_from_options(data, params)], parse_top_k(params.get("top_k")))
+    return PredictBody([instance_from_options(data, params)], **options(params, params))
 
 
 def _json_body(params: dict[str, Any], limits: BodyLimits) -> PredictBody:
@@ -104,15 +105,14 @@ def body_from_json(payload: Any, params: dict[str, Any], limits: BodyLimits) -> 
         if not isinstance(items, list) or not items:
             raise InvalidInput("'instances' must be a non-empty list.", "missing_image")
     elif "image" in payload:
-        top_k = parse_top_k(payload.get("top_k", params.get("top_k")))
         data = decode_base64(payload["image"], max_bytes=limits.max_image_bytes)
-        return PredictBody([instance_from_options(data, payload)], top_k)
+        return PredictBody([instance_from_options(data, payload)], **options(payload, params))
     else:
         raise InvalidInput("The JSON body needs 'instances' (a list) or 'image' (base64).",
                            "missing_image")
     check_batch_size(len(items), limits.max_batch_size)  # before any base64 is decoded
-    top_k = parse_top_k(payload.get("top_k", params.get("top_k")))
-    return PredictBody([_json_instance(item, i, limits) for i, item in enumerate(items)], top_k)
+    return PredictBody([_json_instance(item, i, limits) for i, item in enumerate(items)],
+                       **options(payload, params))
 
 
 PARSERS: dict[str, Callable[[dict[str, Any], BodyLimits], PredictBody]] = {
@@ -150,6 +150,14 @@ def instance_from_options(data: bytes, options: dict[str, Any], where: str = "")
         raise InvalidInput(f"{where}crop must be a fraction in (0, 1], got {crop:g}.",
                            "bad_parameter")
     return Instance(data, x, y, crop)
+
+
+def options(fields_: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The body's options, ``top_k`` and ``explain``: from ``fields_`` (a JSON body's), else
+    from the query string."""
+    explain = fields.boolean(fields_.get("explain", params.get("explain")), "explain")
+    return {"top_k": parse_top_k(fields_.get("top_k", params.get("top_k"))),
+            "explain": bool(explain)}
 
 
 def parse_top_k(value: Any) -> int | None:

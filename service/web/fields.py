@@ -59,6 +59,20 @@ def number(value: Any, name: str) -> float | None:
     return result
 
 
+TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def boolean(value: Any, name: str) -> bool | None:
+    """JSON true/false, or (from a query or a form) true/false, 1/0, yes/no, on/off."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in TRUE + FALSE:
+        return value.strip().lower() in TRUE
+    raise InvalidInput(f"{name} must be true or false, got {shown(value)}.", "bad_parameter")
+
+
 def text(value: Any, name: str, max_chars: int, code: str = "bad_parameter") -> str | None:
     """A non-empty string of at most ``max_chars``; None if absent."""
     if value is None:

@@ -145,7 +145,17 @@ SCHEMAS: dict[str, Any] = {
     "Class": obj(("class", "label", "probability"), **{"class": INT}, label=STR,
                  probability=PROBABILITY),
     "Prediction": obj(("class", "label", "probability", "top_k"), **{"class": INT}, label=STR,
-                      probability=PROBABILITY, top_k=array(ref("Class"), minItems=1)),
+                      probability=PROBABILITY, top_k=array(ref("Class"), minItems=1),
+                      explanation=ref("Explanation")),
+    "ClassMap": obj(("class", "map", "png"), **{"class": INT},
+                    map=array(array(NUM, minItems=28, maxItems=28), minItems=28, maxItems=28),
+                    png={"type": "string", "pattern": "^data:image/png;base64,"}),
+    "Explanation": {"allOf": [ref("ClassMap"), obj(
+        ("method", "second"), method={"const": "occlusion"}, second=ref("ClassMap"))],
+        "description": "With explain=true: per input pixel, the mean drop of the class's "
+                       "log-probability when a 6x6 patch covering it is blanked (positive: it "
+                       "supported the class), for the best class and (second) the runner-up; "
+                       "png: the map over the 28x28 input, red for, blue against."},
     "Timing": {**obj(("decode", "preprocess", "queue", "inference", "total")),
                "additionalProperties": NUM,
                "description": "Milliseconds: bytes to pixels, to model input, waiting for a "
@@ -166,12 +176,12 @@ SCHEMAS: dict[str, Any] = {
                            obj(("path",), path={"type": "string", "description":
                                "A file inside images_root (relative, or absolute within)."},
                                **INSTANCE_OPTIONS)]}, minItems=1),
-                top_k={"type": "integer", "minimum": 1}),
-            obj(("image",), image=B64, top_k={"type": "integer", "minimum": 1},
+                top_k={"type": "integer", "minimum": 1}, explain=BOOL),
+            obj(("image",), image=B64, top_k={"type": "integer", "minimum": 1}, explain=BOOL,
                 **INSTANCE_OPTIONS),
         ],
     },
-    "PredictForm": obj(("image",), image=BINARY, top_k=INT, **INSTANCE_OPTIONS),
+    "PredictForm": obj(("image",), image=BINARY, top_k=INT, explain=BOOL, **INSTANCE_OPTIONS),
     "ModelInput": obj(("name", "shape", "dtype", "preprocess"), name=STR,
                       shape=array(nullable(INT)), dtype=STR, preprocess=STR),
     "ModelSummary": obj(("name", "version", "state"), name=STR, version=nullable(INT),
@@ -279,6 +289,8 @@ OPTION_PARAMS = [
     query("x", NUM, "Crop centre x, pixels of the original image (raw bodies)."),
     query("y", NUM, "Crop centre y, pixels of the original image (raw bodies)."),
     query("crop", INSTANCE_OPTIONS["crop"], "Crop size, a fraction of the shorter side."),
+    query("explain", {"enum": ["true", "false", "1", "0", "yes", "no", "on", "off"]},
+          "Add each image's occlusion map (explanation; at most 16 images a request)."),
 ]
 MODEL_NAME = path_param("name", {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$"},
                         "A served model, e.g. digits-cnn.")

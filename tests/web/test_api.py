@@ -6,6 +6,7 @@ import io
 import json
 import os
 
+import numpy as np
 import pytest
 import requests
 from PIL import Image
@@ -15,6 +16,7 @@ from support import FIXTURES
 FIXTURE_LABELS = {name: info["label"] for name, info in
                   json.loads((FIXTURES / "fixtures.json").read_text()).items()}
 CNN = "/v1/models/digits-cnn/predict"
+PNG7 = (FIXTURES / "digit7_28.png").read_bytes()
 RAW_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".gif": "image/gif", ".bmp": "image/bmp",
              ".tiff": "image/tiff", ".webp": "image/webp"}
 
@@ -260,3 +262,46 @@ def test_unknown_model_route_and_method(server):
     assert "GET" in r.headers["Allow"]
     assert_error(requests.post(server + "/v1/predict?models=nope", json={"image": b64("digit7_28.png")}),
                  404, "model_not_found")
+
+
+# -- explain=true: occlusion maps ---------------------------------------------------------------
+def decoded_png(url: str) -> Image.Image:
+    assert url.startswith("data:image/png;base64,")
+    return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+
+
+@pytest.mark.parametrize("request_kwargs", [
+    lambda: {"params": {"explain": "true"}, "data": PNG7,
+             "headers": {"Content-Type": "image/png"}},
+    lambda: {"json": {"instances": [{"b64": base64.b64encode(PNG7).decode()}],
+                      "explain": True}},
+], ids=["query", "json"])
+def test_explain_adds_each_images_maps_and_their_cost(server, request_kwargs):
+    answer = requests.post(server + CNN, timeout=60, **request_kwargs())
+    assert answer.status_code == 200, answer.text
+    data = answer.json()
+    prediction = data["predictions"][0]
+    explanation = prediction["explanation"]
+    assert explanation["method"] == "occlusion" and explanation["class"] == prediction["class"]
+    assert explanation["second"]["class"] == prediction["top_k"][1]["class"]
+    for entry in (explanation, explanation["second"]):
+        scores = entry["map"]
+        assert len(scores) == 28 and all(len(row) == 28 for row in scores)
+        assert decoded_png(entry["png"]).size == (224, 224)
+    # the stroke of the 7 is what holds its class up: the map is positive only on ink
+    ink = np.asarray(Image.open(io.BytesIO(PNG7)).convert("L")) > 0
+    support = np.array(explanation["map"])
+    assert support.max() > 0 and support[ink].mean() > support[~ink].mean()
+    assert data["timing_ms"]["explain"] > 0
+
+
+def test_without_explain_there_is_no_map_and_bad_values_are_400(server):
+    plain = requests.post(server + CNN, data=PNG7, headers={"Content-Type": "image/png"},
+                          timeout=30).json()
+    assert "explanation" not in plain["predictions"][0] and "explain" not in plain["timing_ms"]
+    bad = requests.post(server + CNN, params={"explain": "maybe"}, data=PNG7,
+                        headers={"Content-Type": "image/png"}, timeout=30)
+    assert bad.status_code == 400 and "explain" in bad.json()["error"]["message"]
+    many = {"instances": [{"b64": base64.b64encode(PNG7).decode()}] * 17, "explain": True}
+    too_many = requests.post(server + CNN, json=many, timeout=30)
+    assert too_many.status_code == 400 and "at most 16" in too_many.json()["error"]["message"]

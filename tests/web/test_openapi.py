@@ -91,6 +91,7 @@ CASES = [
     Case("GET", "/v1/models/{name}", CNN, 200),
     Case("GET", "/v1/models/{name}", "/v1/models/nope", 404),
     Case("POST", "/v1/models/{name}/predict", CNN + "/predict", 200, raw(top_k=3)),
+    Case("POST", "/v1/models/{name}/predict", CNN + "/predict", 200, raw(explain="true")),
     Case("POST", "/v1/models/{name}/predict", CNN + "/predict", 200,
          raw(media="application/octet-stream", x=14, y=14, crop=0.9)),
     Case("POST", "/v1/models/{name}/predict", CNN + "/predict", 200, form(top_k="2")),
