@@ -10,7 +10,7 @@ import sqlite3
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 from ..errors import Unavailable
 
@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS predictions (
 );
 CREATE INDEX IF NOT EXISTS predictions_by_request ON predictions (request_id);
 CREATE INDEX IF NOT EXISTS predictions_by_time ON predictions (time);
+CREATE INDEX IF NOT EXISTS predictions_by_model ON predictions (model, version);
 """
 
 
@@ -215,6 +216,32 @@ def set_feedback(conn: sqlite3.Connection, ids: list[int], label: str, class_id:
                          "feedback_time = ? WHERE id = ?",
                          [(label, class_id, now, row_id) for row_id in ids])
     return len(ids)
+
+
+def feedback_summary(conn: sqlite3.Connection, model: str, confusions: int = 5
+                     ) -> list[dict[str, Any]]:
+    """Per version of ``model``: predictions logged, how many got a feedback label, how many
+    of those the model had right, and its ``confusions`` most frequent (true, read) pairs."""
+    totals = conn.execute(
+        "SELECT version, COUNT(*) AS logged, COUNT(feedback_class) AS labelled, "
+        "SUM(feedback_class IS NOT NULL AND feedback_class = class_id) AS correct "
+        "FROM predictions WHERE model = ? GROUP BY version ORDER BY version", (model,))
+    summary = {row["version"]: {"version": row["version"], "logged": row["logged"],
+                                "labelled": row["labelled"], "correct": row["correct"] or 0,
+                                "accuracy": (row["correct"] or 0) / row["labelled"]
+                                if row["labelled"] else None, "confused": []}
+               for row in totals}
+    pairs = conn.execute(
+        "SELECT version, feedback_class AS true_class, class_id AS read_as, COUNT(*) AS count "
+        "FROM predictions WHERE model = ? AND feedback_class IS NOT NULL "
+        "AND feedback_class != class_id GROUP BY version, feedback_class, class_id "
+        "ORDER BY version, count DESC, feedback_class, class_id", (model,))
+    for row in pairs:
+        confused = summary[row["version"]]["confused"]
+        if len(confused) < confusions:
+            confused.append({"true": row["true_class"], "read_as": row["read_as"],
+                             "count": row["count"]})
+    return list(summary.values())
 
 
 def export_rows(conn: sqlite3.Connection, since: str | None, model: str | None,

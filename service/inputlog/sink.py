@@ -12,6 +12,7 @@ from ..config import InputLogSettings, S3Settings
 from ..dataplane import Instance, ModelResult, RequestContext
 from .feedback import Caller, give_feedback
 from .images import Images, make_store
+from .records import feedback_summary, open_log
 from .writer import FLUSH_WAIT_S, LabelsFor, Writer
 
 log = logging.getLogger("service.inputlog")
@@ -50,6 +51,14 @@ class InputLog:
     def stats(self) -> dict[str, Any]:
         """written, images_written, images_pruned, dropped_by_reason, queue_depth, bytes_on_disk."""
         return self.writer.stats()
+
+    def feedback_summary(self, model: str) -> list[dict[str, Any]]:
+        """Live accuracy from feedback, per version of ``model`` (records.feedback_summary)."""
+        conn = open_log(self.writer.dir)
+        try:
+            return feedback_summary(conn, model)
+        finally:
+            conn.close()
 
     def feedback(self, request_id: str, label: str | None = None, class_id: int | None = None,
                  instance: int | None = None, caller: Caller | None = None) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from ..errors import InvalidInput, NotFound, UnsupportedMediaType
 from ..inputlog import InputLog
 from ..inputlog.feedback import Caller
 from .access import current_key
+from .api import model_status
 from . import fields
 from .bodies import media_type, parse_json, read_body
 
@@ -49,6 +50,13 @@ def feedback(app: Any, /, **_: Any) -> dict[str, Any]:
     payload = parse_json(read_body(MAX_FEEDBACK_BYTES))
     return require_inputlog(app.inputlog).feedback(**feedback_fields(payload),
                                                    caller=current_caller())
+
+
+def feedback_summary(app: Any, /, name: str, **_: Any) -> dict[str, Any]:
+    """GET /v1/models/<name>/feedback-summary: live accuracy from feedback, per version."""
+    model_status(app.registry, name)
+    versions = require_inputlog(app.inputlog).feedback_summary(name)
+    return {"name": name, "versions": versions}
 
 
 def current_caller() -> Caller | None:

@@ -199,6 +199,10 @@ SCHEMAS: dict[str, Any] = {
         last_reload_failure=nullable(obj(("version", "reason"), version=nullable(INT),
                                          reason=STR, code=STR, at=STR)),
         model_version_status=array(ref("TFVersionStatus")))]},
+    "FeedbackSummary": obj(("name", "versions"), name=STR, versions=array(obj(
+        ("version", "logged", "labelled", "correct", "accuracy", "confused"), version=INT,
+        logged=INT, labelled=INT, correct=INT, accuracy=nullable(NUM),
+        confused=array(obj(("true", "read_as", "count"), true=INT, read_as=INT, count=INT))))),
     "ReloadRequest": obj(version={"type": "integer", "minimum": 1, "maximum": INT64_MAX,
                                   "description": "Serve and pin this version (a rollback); "
                                                  "omit to serve the newest and follow it."}),

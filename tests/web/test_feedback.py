@@ -136,3 +136,39 @@ def test_feedback_is_404_when_the_input_log_is_disabled(tmp_path):
     finally:
         proc.stop()
     assert not (tmp_path / "inputlog").exists()
+
+
+def summary(url: str) -> dict:
+    response = requests.get(url + "/v1/models/digits-cnn/feedback-summary", timeout=30)
+    assert response.status_code == 200
+    return response.json()
+
+
+def test_the_feedback_summary_gives_live_accuracy_and_confusions(fb_server):
+    url, _ = fb_server
+    served = requests.get(url + "/v1/models/digits-cnn", timeout=10).json()["serving"]
+
+    def of_served(answer: dict) -> dict:
+        return next((v for v in answer["versions"] if v["version"] == served),
+                    {"logged": 0, "labelled": 0, "correct": 0, "confused": []})
+
+    before = of_served(summary(url))
+    ids = []
+    for _ in range(3):
+        answer = requests.post(url + "/v1/models/digits-cnn/predict", data=DIGIT7,
+                               headers={"Content-Type": "image/png"}, timeout=30)
+        assert answer.status_code == 200 and answer.json()["predictions"][0]["class"] == 7
+        ids.append(answer.json()["request_id"])
+    for request_id, label in zip(ids, ("7", "7", "1")):
+        assert feedback(url, request_id=request_id, label=label).status_code == 200
+    after = of_served(summary(url))
+    assert after["logged"] - before["logged"] == 3
+    assert after["labelled"] - before["labelled"] == 3
+    assert after["correct"] - before["correct"] == 2
+    assert after["accuracy"] == pytest.approx(after["correct"] / after["labelled"])
+    pair = next(p for p in after["confused"] if (p["true"], p["read_as"]) == (1, 7))
+    earlier = next((p["count"] for p in before["confused"]
+                    if (p["true"], p["read_as"]) == (1, 7)), 0)
+    assert pair["count"] - earlier == 1
+    missing = requests.get(url + "/v1/models/nope/feedback-summary", timeout=10)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"

@@ -22,7 +22,7 @@ TOKEN = "s3cret-admin-token"
 KNOWN_ROUTES = {
     "/", "/result", "/static/{file}", "/status", "/healthz", "/readyz", "/metrics",
     "/openapi.json", "/v1/models", "/v1/models/{name}", "/v1/models/{name}/predict",
-    "/v1/models/{name}/reload", "/v1/predict", "/v1/feedback", "/recognize", "/mnist/classify",
+    "/v1/models/{name}/reload", "/v1/models/{name}/feedback-summary", "/v1/predict", "/v1/feedback", "/recognize", "/mnist/classify",
     "/mnist/classify/{idx}", "/mnist/image/{idx}", "/mnist/label/{idx}", "/feedback_form",
     "/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/ready",
     "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer",
@@ -130,6 +130,8 @@ CASES = [
     Case("POST", "/v1/feedback", "/v1/feedback", 415,
          {"data": b"x", "headers": {"Content-Type": "text/plain"}}),
     Case("GET", "/v1/feedback", "/v1/feedback", 405),
+    Case("GET", "/v1/models/{name}/feedback-summary", CNN + "/feedback-summary", 200),
+    Case("GET", "/v1/models/{name}/feedback-summary", "/v1/models/nope/feedback-summary", 404),
     # admin: reload
     Case("POST", "/v1/models/{name}/reload", CNN + "/reload", 403, admin()),
     Case("POST", "/v1/models/{name}/reload", CNN + "/reload", 401, admin(None), "admin"),
