@@ -85,7 +85,8 @@ class ServiceMetrics:
             self.slow_clients_cut.labels(phase)  # each series shows from the start, at 0
         self.prediction = Histogram("digits_prediction_duration_seconds", "Prediction time "
                                     "by model, version and phase (decode, preprocess, queue, "
-                                    "inference, total).", ["model", "version", "phase"],
+                                    "inference, total; explain with explain=true).",
+                                    ["model", "version", "phase"],
                                     buckets=LATENCY_BUCKETS, registry=self.registry)
         self.request_rows = Histogram("digits_prediction_batch_size", "Images per predict "
                                       "request, by model.", ["model"], buckets=BATCH_BUCKETS,
