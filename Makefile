@@ -9,7 +9,12 @@ WORKERS ?= 2
 .PHONY: install serve daemon stop test train fast-train evaluate bench fixtures clean fuzz soak \
         fairness hostile test-runs cluster bench-workers bench-protocols accuracy wild
 
-install: $(STAMP)
+AXE = var/npm/node_modules/axe-core/axe.min.js
+
+install: $(STAMP) $(AXE)
+
+$(AXE):                        # axe-core, which the browser test runs inside each page
+	npm install --prefix var/npm --no-audit --no-fund --silent axe-core@4.14.1
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)

@@ -125,28 +125,23 @@
     });
   }
 
-  // Dropping a file anywhere on the drop zone picks it.
-  if (dropzone) {
-    ['dragenter', 'dragover'].forEach(function (type) {
-      dropzone.addEventListener(type, function (event) {
-        event.preventDefault();
-        dropzone.classList.add('dragging');
-      });
-    });
-    ['dragleave', 'drop'].forEach(function (type) {
-      dropzone.addEventListener(type, function () {
-        dropzone.classList.remove('dragging');
-      });
-    });
-    dropzone.addEventListener('drop', function (event) {
+  // Dropping an image anywhere on the page reads it (useFile, below).
+  ['dragenter', 'dragover'].forEach(function (type) {
+    document.addEventListener(type, function (event) {
       event.preventDefault();
-      var files = event.dataTransfer && event.dataTransfer.files;
-      if (files && files.length) {
-        fileInput.files = files;
-        fileInput.dispatchEvent(new Event('change', {bubbles: true}));
-      }
+      if (dropzone) dropzone.classList.add('dragging');
     });
-  }
+  });
+  ['dragleave', 'drop'].forEach(function (type) {
+    document.addEventListener(type, function () {
+      if (dropzone) dropzone.classList.remove('dragging');
+    });
+  });
+  document.addEventListener('drop', function (event) {
+    event.preventDefault();
+    var files = event.dataTransfer && event.dataTransfer.files;
+    if (files && files.length) useFile(files[0]);
+  });
 
   // -- Submitting with fetch -------------------------------------------------------------
 
@@ -221,20 +216,8 @@
     sendFeedback(box, label);
   });
 
-  form.addEventListener('submit', async function (event) {
-    event.preventDefault();
-    var file = fileInput.files && fileInput.files[0];
-    if (!file) {
-      showError('No image chosen', 'Choose an image file, then press Recognize.');
-      fileInput.focus();
-      return;
-    }
-    if (maxBytes && file.size > maxBytes) {
-      showError('That file is too large',
-        file.name + ' is ' + formatBytes(file.size) + '; the server accepts up to ' +
-        maxSize + '. Choose a smaller image.', 413);
-      return;
-    }
+  // One request in flight at a time: a newer one aborts the older (the latest input wins).
+  async function send(body) {
     if (inFlight) inFlight.abort();
     var controller = new AbortController();
     inFlight = controller;
@@ -242,7 +225,7 @@
     try {
       var response = await fetch(form.action, {
         method: 'POST',
-        body: new FormData(form),
+        body: body,
         headers: {'X-Requested-With': 'fetch'},
         signal: controller.signal
       });
@@ -258,7 +241,7 @@
         }
       }
     } catch (err) {
-      if (err && err.name === 'AbortError') return;  // a newer submit replaced this one
+      if (err && err.name === 'AbortError') return;  // a newer request replaced this one
       showError('Could not reach the server',
         'The request failed before an answer came back (' + (err && err.message || err) +
         '). Check that the service is running, then try again.');
@@ -266,8 +249,140 @@
       if (inFlight === controller) {
         inFlight = null;
         setBusy(false);
-        revealResults();
+      }
+    }
+    return true;
+  }
+
+  form.addEventListener('submit', async function (event) {
+    event.preventDefault();
+    var file = fileInput.files && fileInput.files[0];
+    if (!file) {
+      showError('No image chosen', 'Choose an image file, then press Recognize.');
+      fileInput.focus();
+      return;
+    }
+    if (maxBytes && file.size > maxBytes) {
+      showError('That file is too large',
+        file.name + ' is ' + formatBytes(file.size) + '; the server accepts up to ' +
+        maxSize + '. Choose a smaller image.', 413);
+      return;
+    }
+    if (await send(new FormData(form))) revealResults();
+  });
+
+  // -- A file from elsewhere: the camera, a paste, a drop on the page ------------------------
+
+  function useFile(file) {  // hoisted: the drop handler above calls it
+    var picked = new DataTransfer();
+    picked.items.add(file);
+    fileInput.files = picked.files;
+    fileInput.dispatchEvent(new Event('change', {bubbles: true}));
+    form.requestSubmit();
+  }
+
+  var camera = document.getElementById('camera');
+  if (camera) {
+    camera.addEventListener('change', function () {
+      if (camera.files && camera.files[0]) useFile(camera.files[0]);
+    });
+  }
+
+  document.addEventListener('paste', function (event) {
+    var items = (event.clipboardData && event.clipboardData.files) || [];
+    for (var i = 0; i < items.length; i++) {
+      if (items[i].type.indexOf('image/') === 0) {
+        event.preventDefault();
+        useFile(items[i]);
+        return;
       }
     }
   });
+
+  // -- The drawing pad: read as you draw -----------------------------------------------------
+
+  var pad = document.getElementById('pad');
+  if (pad && pad.getContext) {
+    var ink = pad.getContext('2d');
+    var strokes = [];       // each a list of [x, y] in the pad's own pixels
+    var current = null;
+    var timer = null;
+    var waiting = false;    // a drawing is queued behind the request in flight
+    var sending = false;
+    var DEBOUNCE_MS = 250;
+    var STROKE = 20;        // px on the 280 px pad: an MNIST stroke at 28 px
+
+    var redraw = function () {
+      ink.fillStyle = '#ffffff';
+      ink.fillRect(0, 0, pad.width, pad.height);
+      ink.strokeStyle = '#000000';
+      ink.lineWidth = STROKE;
+      ink.lineCap = 'round';
+      ink.lineJoin = 'round';
+      strokes.forEach(function (points) {
+        ink.beginPath();
+        ink.moveTo(points[0][0], points[0][1]);
+        points.forEach(function (p) { ink.lineTo(p[0], p[1]); });
+        if (points.length === 1) ink.lineTo(points[0][0] + 0.1, points[0][1]);
+        ink.stroke();
+      });
+    };
+
+    var where = function (event) {
+      var box = pad.getBoundingClientRect();
+      return [(event.clientX - box.left) * pad.width / box.width,
+              (event.clientY - box.top) * pad.height / box.height];
+    };
+
+    var sendDrawing = async function () {
+      if (!strokes.length) return;
+      if (sending) { waiting = true; return; }  // at most one in flight; the latest wins
+      sending = true;
+      var blob = await new Promise(function (done) { pad.toBlob(done, 'image/png'); });
+      var body = new FormData(form);
+      body.set('image', blob, 'drawing.png');
+      body.delete('x');
+      body.delete('y');
+      await send(body);
+      sending = false;
+      if (waiting) { waiting = false; sendDrawing(); }
+    };
+
+    var schedule = function () {
+      clearTimeout(timer);
+      timer = setTimeout(sendDrawing, DEBOUNCE_MS);
+    };
+
+    pad.addEventListener('pointerdown', function (event) {
+      event.preventDefault();
+      pad.setPointerCapture(event.pointerId);
+      current = [where(event)];
+      strokes.push(current);
+      redraw();
+    });
+    pad.addEventListener('pointermove', function (event) {
+      if (!current) return;
+      current.push(where(event));
+      redraw();
+      schedule();
+    });
+    ['pointerup', 'pointercancel'].forEach(function (type) {
+      pad.addEventListener(type, function () {
+        if (!current) return;
+        current = null;
+        schedule();
+      });
+    });
+
+    document.getElementById('pad-undo').addEventListener('click', function () {
+      strokes.pop();
+      redraw();
+      if (strokes.length) schedule();
+    });
+    document.getElementById('pad-clear').addEventListener('click', function () {
+      strokes = [];
+      redraw();
+    });
+    redraw();
+  }
 })();

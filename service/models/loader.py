@@ -23,8 +23,9 @@ class ServedModel:
     """One loaded, verified and warmed version, with its own session pool."""
 
     def __init__(self, manifest: Manifest, labels: list[str], layers: list[dict[str, Any]],
-                 pool: SessionPool, load_seconds: float):
+                 pool: SessionPool, load_seconds: float, directory: Path | None = None):
         self.manifest = manifest
+        self.directory = directory  # where its files are (the store's copy): confusion.png
         self.labels = labels
         self.layers = layers
         self.pool = pool
@@ -120,7 +121,7 @@ def load_version(source: Path | ModelStore, config: ModelConfig, labels_root: Pa
         pool.stop()
         raise ModelLoadError(f"{directory}: output shape {outputs.shape} does not match "
                              f"{len(labels)} labels")
-    return ServedModel(manifest, labels, layers, pool, time.monotonic() - started)
+    return ServedModel(manifest, labels, layers, pool, time.monotonic() - started, directory)
 
 
 def check_quality_gate(manifest: Manifest, floor: float) -> None:

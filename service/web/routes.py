@@ -10,7 +10,7 @@ import dataclasses
 
 from ..errors import NotFound
 from .bodies import PREDICT_BODY_PROCESSORS
-from . import admin, api, compat, observability, tfserving, ui, v2
+from . import admin, api, compat, model_pages, observability, tfserving, ui, v2
 from .access import ADMIN, FORM, HEALTH, KEY, METRICS, OPEN, unmatched_policy
 from .dispatch import MESSAGE_ANSWER, Answer, Route, RouteTable
 from .feedback import feedback, feedback_summary
@@ -238,6 +238,17 @@ ROUTES = (
                     label={"type": "string", "description": "\"Yes\": the predicted label."},
                     correction={"type": "string",
                                 "description": "The label chosen instead."})}}}), HTML_ANSWER),
+        Route("/models", ("GET",), model_pages.models, FORM, operation(
+            "The models page (HTML): each model's test accuracy, per-digit accuracy, "
+            "confusion matrix, versions and live accuracy from feedback.", {
+                "200": {"description": "The page.", "content": {HTML: {"schema": STR}}},
+                **errors(405, 500, media=HTML)}, "html",
+            parameters=[query("api_key", STR, "An API key, where the form needs one.")]),
+            HTML_ANSWER),
+        Route("/models/{name}/confusion.png", ("GET",), model_pages.confusion_png, OPEN,
+              operation("The serving version's confusion matrix on the MNIST test set.", {
+                  "200": {"description": "A PNG.", "content": {"image/png": {"schema": BINARY}}},
+                  **error(404, ("model_not_found", "not_found")), **errors(405, 500)}, "html")),
         Route("/static/{file:.+}", ("GET",), _not_found, OPEN, operation(
             "The form's script and style sheet.", {
                 "200": {"description": "The file.",

@@ -50,7 +50,7 @@ TEMPLATES.filters["percent"] = percent
 FRAGMENT_HEADER = "X-Requested-With"
 FRAGMENT_VALUE = "fetch"
 PREVIEW_PX = 224  # the enlarged model input is about this wide (28 px x 8)
-TIMING_KEYS = ("decode", "preprocess", "queue", "inference", "total")
+TIMING_KEYS = ("decode", "preprocess", "queue", "inference", "total", "explain")
 ERROR_TITLES = {  # by error code first, then by HTTP status
     "missing_image": "No image to read",
     "bad_parameter": "Please check the form",
@@ -114,7 +114,18 @@ def _result_view(result: ModelResult, labels: list[str] | None = None) -> dict[s
         "scale": scale,
         "timings": [(k, result.timing_ms[k]) for k in TIMING_KEYS if k in result.timing_ms],
         "labels": labels or sorted(label for _, label, _ in best.top_k),  # for feedback
+        "explanation": _explanation_view(result, labels),
     }
+
+
+def _explanation_view(result: ModelResult, labels: list[str] | None) -> dict[str, Any] | None:
+    """The first image's heat maps: for the class read, and for the runner-up."""
+    if not result.explanations:
+        return None
+    first = result.explanations[0]
+    names = labels or [str(i) for i in range(max(first["class"], first["second"]["class"]) + 1)]
+    return {"png": first["png"], "label": names[first["class"]],
+            "second_png": first["second"]["png"], "second_label": names[first["second"]["class"]]}
 
 
 def _labels(registry: Any, name: str) -> list[str] | None:
@@ -128,7 +139,8 @@ def _wants_fragment() -> bool:
     return cherrypy.request.headers.get(FRAGMENT_HEADER, "").strip().lower() == FRAGMENT_VALUE
 
 
-def _page_context(app: Any) -> dict[str, Any]:
+def page_context(app: Any) -> dict[str, Any]:
+    """What every page's frame shows: the serving models, the upload limit."""
     statuses = app.registry.statuses()
     max_bytes = app.predictor.limits.max_body_bytes
     return {
@@ -153,7 +165,7 @@ def _render(app: Any, template: str, fragment: bool, **context: Any) -> str:
     context["fragment"] = fragment
     if fragment:
         return TEMPLATES.get_template("_result.html").render(**context)
-    return TEMPLATES.get_template(template).render(**_page_context(app), **context)
+    return TEMPLATES.get_template(template).render(**page_context(app), **context)
 
 
 def _respond(app: Any, template: str, fragment: bool | None = None, **context: Any) -> bytes:
@@ -229,7 +241,8 @@ def result(app: Any, /, image: Any = None, x: Any = None, y: Any = None, model: 
     names = None if model in ("", "all") else [model]
     # top_k=None: the plane's default, the top 5 (or every label, for fewer than 5).
     context = request_context()
-    results = app.plane.predict(names, [instance], top_k=None, context=context)
+    # explain: one more batched session.run per model, for the card's heat maps
+    results = app.plane.predict(names, [instance], top_k=None, context=context, explain=True)
     views = [_result_view(r, _labels(app.registry, r.model)) for r in results.values()]
     return _respond(app, "result.html", results=views, form=form,
                     filename=getattr(image, "filename", None) or "",

@@ -63,12 +63,13 @@ def test_result_page_shows_each_model_reading_7_and_its_input(server):
     assert re.findall(r'data-model="([^"]+)"', html) == list(MODELS)
     assert TOP_LABEL.findall(html) == ["7", "7"]
     images = DATA_IMG.findall(html)
-    assert len(images) == 2
+    assert len(images) == 2 * 3  # per model: its input, and the heat maps of its best two
     picture = Image.open(io.BytesIO(base64.b64decode(images[0])))
     assert picture.format == "PNG" and picture.size == (224, 224)  # 28x28 enlarged 8 times
+    assert html.count("Heat map over the input") == 2 and html.count("Why not ") == 2
     assert html.count('class="bar-row') == 2 * 5  # top 5 per model
     assert re.search(r'class="bar-fill" style="width: (9\d|100)\.\d\d%"', html)
-    for timing in ("decode", "preprocess", "queue", "inference", "total"):
+    for timing in ("decode", "preprocess", "queue", "inference", "total", "explain"):
         assert f"<dt>{timing}</dt>" in html
     assert "digit7_28.png" in html
     assert response.headers["Cache-Control"] == "no-store"
