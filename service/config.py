@@ -184,6 +184,9 @@ class AuthSettings:
     protect_health: bool = False         # /healthz, /readyz, /status need a key too
     protect_metrics: bool = False        # /metrics needs a key too
     form_open: bool = False              # the HTML form works without a key (trusted network)
+    # who reads /v1/models/<m>/feedback-summary (and /models's live accuracy): "key" (any
+    # key, as the other /v1/models routes), "admin" (admin keys, or the admin token), "open"
+    feedback_summary: str = "key"
 
 
 @dataclass(frozen=True)
@@ -298,6 +301,7 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 SECTIONS = {"s3": S3Settings, "store": StoreSettings, "inputlog": InputLogSettings,
             "logging": LogSettings, "auth": AuthSettings, "ratelimit": RateLimitSettings}
 CHOICES = {("store", "kind"): ("local", "s3"), ("inputlog", "backend"): ("local", "s3"),
+           ("auth", "feedback_summary"): ("open", "key", "admin"),
            ("logging", "format"): ("text", "json")}
 
 

@@ -55,6 +55,7 @@ def test_intra_op_threads_0_splits_the_cores_between_workers_and_sessions(
     ("[service]\nbogus = 1\n", "bogus"),
     ("[service]\ndefault_model = \"nope\"\n", "default_model"),
     ("[service]\nmodels = [\"digits:cnn\"]\n", "models: 'digits:cnn' is not a model name"),
+    ("[auth]\nfeedback_summary = \"everyone\"\n", "feedback_summary"),
     ("[model:digits-cnn]\npool_size = 0\n", "pool_size"),
     ("[model:digits-cnn]\nmax_batch_size = 1.5\n", "max_batch_size"),
     ("[service]\nmax_batch_size = unquoted words\n", "max_batch_size"),

@@ -28,6 +28,7 @@ from .responses import raising
 
 # Each route's policy is declared with the route (routes.py); see the module docstring.
 OPEN, KEY, ADMIN, HEALTH, METRICS, FORM = "open", "key", "admin", "health", "metrics", "form"
+FEEDBACK_SUMMARY = "feedback_summary"  # OPEN, KEY or ADMIN, as [auth] feedback_summary says
 RATE_LIMITED = frozenset({KEY, ADMIN, FORM})  # what costs work: predictions and reloads
 FORM_KEY_FIELD = "api_key"
 
@@ -93,6 +94,8 @@ class Access:
         """before_request_body: authenticate, authorise and admit, or answer the refusal."""
         request = cherrypy.serving.request
         policy = request_policy(request)
+        if policy == FEEDBACK_SUMMARY:
+            policy = self.auth.feedback_summary  # "open", "key" or "admin": the same names
         key = self._authenticate(policy, request)
         request.api_key = key
         if policy in RATE_LIMITED:

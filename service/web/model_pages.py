@@ -41,7 +41,9 @@ def _card(app: Any, status: ModelStatus) -> dict[str, Any]:
     model = status.model
     manifest = model.manifest if model is not None else None
     labels = model.labels if model is not None else []
-    live = (app.inputlog.feedback_summary(status.name) if app.inputlog is not None else None)
+    admins_only = app.access.auth.feedback_summary == "admin"  # the page is not for admins
+    live = (app.inputlog.feedback_summary(status.name)
+            if app.inputlog is not None and not admins_only else None)
     return {
         "name": status.name, "state": status.state.value, "version": status.version,
         "error": status.error,
@@ -51,6 +53,7 @@ def _card(app: Any, status: ModelStatus) -> dict[str, Any]:
         "versions": app.registry.versions(status.name),
         "confusion": _confusion_path(status) is not None,
         "live": live,
+        "live_admins_only": admins_only,
     }
 
 

@@ -333,7 +333,7 @@ def operation(summary: str, responses: dict[str, Any], tag: str, **more: Any) ->
 # POLICIES name, and rate-limits them (429, or 503 too_many_in_flight); the HTML form routes
 # answer those as pages. The health and metrics routes need a key only when protect_health /
 # protect_metrics say so.
-KEYED = (access.KEY, access.ADMIN, access.FORM)
+KEYED = (access.KEY, access.ADMIN, access.FORM, access.FEEDBACK_SUMMARY)
 PROTECTABLE = (access.HEALTH, access.METRICS)
 
 

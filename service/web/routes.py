@@ -11,7 +11,8 @@ import dataclasses
 from ..errors import NotFound
 from .bodies import PREDICT_BODY_PROCESSORS
 from . import admin, api, compat, model_pages, observability, tfserving, ui, v2
-from .access import ADMIN, FORM, HEALTH, KEY, METRICS, OPEN, unmatched_policy
+from .access import (ADMIN, FEEDBACK_SUMMARY, FORM, HEALTH, KEY, METRICS, OPEN,
+                     unmatched_policy)
 from .dispatch import MESSAGE_ANSWER, Answer, Route, RouteTable
 from .feedback import feedback, feedback_summary
 from .openapi import (ADMIN_TOKEN, B64, BINARY, HTML, JSON, NUM, OPTION_PARAMS,
@@ -94,12 +95,15 @@ ROUTES = (
                                          "X-Request-ID header echoes request_id."),
             **errors(*PREDICT_ERRORS)}, "predict", parameters=OPTION_PARAMS,
         requestBody=predict_body()), config={**BODILESS_POST, **IMAGE_BODY}),
-    Route("/v1/models/{name}/feedback-summary", ("GET",), feedback_summary, KEY, operation(
-        "Live accuracy from feedback: per version, predictions logged, how many got a label, "
-        "the share of those that was right, and the digits most often confused.", {
-            **json_ok("FeedbackSummary", "Per version, oldest first."),
-            **error(404, ("model_not_found", "feedback_disabled", "not_found")),
-            **errors(405, 500)}, "feedback")),
+    Route("/v1/models/{name}/feedback-summary", ("GET",), feedback_summary, FEEDBACK_SUMMARY,
+          operation(
+              "Live accuracy from feedback: per version, predictions logged, how many got a "
+              "label, the share of those that was right, and the digits most often confused "
+              "([auth] feedback_summary: who may read it).", {
+                  **json_ok("FeedbackSummary", "Per version, oldest first."),
+                  **error(403, ("admin_disabled", "admin_required")),
+                  **error(404, ("model_not_found", "feedback_disabled", "not_found")),
+                  **errors(405, 500)}, "feedback")),
     Route("/v1/models/{name}/reload", ("POST",), admin.reload, ADMIN, operation(
         "Admin: load the newest version (or pin {\"version\": N}, a rollback) beside the "
         "serving one and swap it in once warmed and through the QA gate.", {

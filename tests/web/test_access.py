@@ -309,3 +309,27 @@ def test_start_up_refuses_a_missing_key_file_and_a_token_beside_keys(tmp_path):
     add_key(tmp_path / "keys.json", "a")
     both = start(f'[service]\nadmin_token = "x"\n[auth]\nkeys_file = "{tmp_path / "keys.json"}"\n')
     assert both.returncode != 0 and "admin_token" in both.stderr
+
+
+# -- who reads live accuracy: [auth] feedback_summary ------------------------------------------
+SUMMARY = "/v1/models/digits-cnn/feedback-summary"
+
+
+def test_the_feedback_summary_takes_a_key_by_default(keyed):
+    proc, keys = keyed
+    assert requests.get(proc.url + SUMMARY, timeout=10).status_code == 401
+    answer = requests.get(proc.url + SUMMARY, headers=bearer(keys["user"]), timeout=10)
+    assert answer.status_code == 200 and answer.json()["name"] == "digits-cnn"
+
+
+def test_the_feedback_summary_can_be_for_admins_only(tmp_path):
+    proc, keys = keyed_server(tmp_path, 'feedback_summary = "admin"\nform_open = True\n')
+    try:
+        user = requests.get(proc.url + SUMMARY, headers=bearer(keys["user"]), timeout=10)
+        assert user.status_code == 403 and user.json()["error"]["code"] == "admin_required"
+        admin = requests.get(proc.url + SUMMARY, headers=bearer(keys["admin"]), timeout=10)
+        assert admin.status_code == 200
+        page = requests.get(proc.url + "/models", timeout=10)
+        assert page.status_code == 200 and "live accuracy is for admins" in page.text
+    finally:
+        proc.stop()
