@@ -1,4 +1,6 @@
-"""The upload form in a real headless Chromium (Debian's /usr/bin/chromium, driven by Playwright).
+"""The testers' pages in a real headless Chromium (Debian's /usr/bin/chromium, driven by
+Playwright): the upload form, the drawing pad, drop and paste, the heat maps, /models, and
+axe-core's accessibility checks.
 
 With JavaScript on, the form is sent with fetch() and the results fragment replaces the empty
 results panel without a page load; with JavaScript off, the plain multipart post shows the
@@ -6,13 +8,15 @@ full result page. Screenshots at laptop and phone width go to ``tmp_path`` for a
 """
 from __future__ import annotations
 
+import base64
+import math
 import os
 import re
 from pathlib import Path
 
 import pytest
 
-from support import FIXTURES
+from support import FIXTURES, REPO
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -190,11 +194,6 @@ def test_a_tester_types_the_key_into_the_form(browser, expect, keyed_server, tmp
 
 
 # -- the tester's page: draw, drop, paste, why, the models page, accessibility -----------------
-import base64  # noqa: E402
-import math  # noqa: E402
-
-from support import REPO  # noqa: E402
-
 AXE = REPO / "var" / "npm" / "node_modules" / "axe-core" / "axe.min.js"
 SMALL_PHONE = {"width": 360, "height": 740}
 SHOTS = REPO / "var" / "screenshots"  # test artifacts; the README's copies live in docs/

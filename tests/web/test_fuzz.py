@@ -6,7 +6,7 @@ Every answer must hold these properties, whatever was sent:
 - no 5xx, except an overload answer: 503 with ``Retry-After``, or 504 ``deadline_exceeded``
   (both say "try again later", which is the truth under load -- never a bug to hide);
 - an error body is our JSON shape ``{"error": {"code": str, "message": str}}`` -- on the HTML
-  form routes (``/result``, ``/feedback_form``), whose errors are documented as HTML pages, it
+  pages (``/result``, ``/feedback_form``, ``/models``), whose errors are documented as HTML, it
   is HTML instead, and on the V2 and TF Serving routes the protocols' ``{"error": str}``;
 - no traceback text anywhere;
 - no answer slower than the request deadline (``request_timeout_s``, 10 s) plus a margin.
@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 
 from service.config import ServiceSettings
 from service.web.dispatch import MESSAGE_ANSWER
-from service.web.routes import ROUTES, openapi_document as document
+from service.web.routes import HTML_ANSWER, ROUTES, openapi_document as document
 from fuzzing import DATABASE, SEED, fuzz_settings, mutated_image, seeded
 from support import FIXTURES
 
@@ -45,7 +45,7 @@ EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))  # per operation (schemath
 DEADLINE_S = ServiceSettings().request_timeout_s  # the shared server runs the default (10 s)
 MARGIN_S = 5.0     # two shared CI cores: the answer may queue behind other work
 PREDICT = "/v1/models/digits-cnn/predict"
-HTML_ERROR_ROUTES = ("/result", "/feedback_form")
+HTML_ERROR_ROUTES = {route.template for route in ROUTES if route.answer is HTML_ANSWER}
 # The V2 and TF Serving routes answer errors in their protocols' shape: {"error": "<message>"}.
 MESSAGE_ERROR_ROUTES = {route.template for route in ROUTES if route.answer is MESSAGE_ANSWER}
 TRACEBACK = re.compile(r"Traceback \(most recent call last\)|File \"[^\"]+\", line \d+")
