@@ -23,8 +23,7 @@ from .values import (BodyLimits, check_batch_size, check_image_bytes, decode_bas
 HEADER_LENGTH = "Inference-Header-Content-Length"
 IMAGE_INPUT = "image_bytes"  # the BYTES input's name in metadata; any name is taken
 OUTPUTS = ("probabilities", "class")
-DTYPES = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32,
-          "UINT8": np.uint8}
+DTYPES = {"FP32": np.float32}  # numbers the data plane takes (predict_tensor: float32)
 
 
 @dataclass
