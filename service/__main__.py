@@ -278,7 +278,7 @@ def _export(args: argparse.Namespace) -> int:
     settings = load_settings(config_path(args.config))
     if args.inputlog_dir:
         log_settings = dataclasses.replace(settings.inputlog, dir=args.inputlog_dir,
-                                           backend="local")
+                                           backend="local", database_url=None)
         store = LocalBlobStore(args.inputlog_dir)
     else:
         log_settings = settings.inputlog
@@ -286,7 +286,8 @@ def _export(args: argparse.Namespace) -> int:
     result = export(ExportOptions(
         out_dir=args.out, inputlog_dir=log_settings.dir, store=store,
         graphs_dir=settings.service.graphs_dir, since=args.since, model=args.model,
-        include_unlabelled=args.include_unlabelled, progress=not args.no_progress))
+        include_unlabelled=args.include_unlabelled, progress=not args.no_progress,
+        database_url=log_settings.database_url))
     skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(result.skipped.items()))
     print(f"exported {result.exported} images ({result.labelled} with feedback) to {args.out}"
           + (f"; skipped {skipped}" if skipped else ""))

@@ -112,6 +112,15 @@ class ServiceSettings:
         object.__setattr__(self, "trusted_proxies", trusted_proxies(self.trusted_proxies))
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def check_postgres_url(key: str, url: str | None) -> None:
+    if url is not None and not url.startswith(POSTGRES_SCHEMES):
+        raise ValueError(f"{key}: expected a PostgreSQL URL (postgresql://user:password@host:"
+                         f"port/dbname), got {url!r}")
+
+
 UNIX_PEER = "unix"  # how trusted_proxies names a Unix-socket peer (cheroot reports no address)
 
 
@@ -160,12 +169,18 @@ class InputLogSettings:
 
     enabled: bool = True
     dir: Path = REPO_ROOT / "var" / "inputlog"    # SQLite database (and images, when local)
+    # The records in PostgreSQL instead ("postgresql://user:password@host:port/dbname"),
+    # shared by every replica; None: the SQLite file in ``dir``.
+    database_url: str | None = None
     backend: str = "local"               # where images go: "local" or "s3"
     bucket: str | None = None
     prefix: str = "inputlog/"
     metadata_only: bool = False          # keep records, not image bytes
     max_disk_bytes: int = 1024 ** 3      # oldest images pruned beyond this
     queue_size: int = 10000              # pending writes before a drop (counted, logged)
+
+    def __post_init__(self) -> None:
+        check_postgres_url("database_url", self.database_url)
 
 
 @dataclass(frozen=True)

@@ -184,7 +184,7 @@ class StatsCollector:
     """The input log's counters, from any source with ``stats()`` (read at scrape time).
 
     ``stats()`` returns ``{"written": int, "dropped_by_reason": {reason: int},
-    "queue_depth": int}``; missing keys are skipped.
+    "queue_depth": int, "database_errors": int}``; missing keys are skipped.
     """
 
     def __init__(self, sources: Callable[[], Iterable[Any]]):
@@ -195,6 +195,8 @@ class StatsCollector:
         dropped = CounterMetricFamily("digits_inputlog_dropped", "Input log records dropped, "
                                       "by reason.", labels=["reason"])
         queue = GaugeMetricFamily("digits_inputlog_queue_depth", "Input log writes pending.")
+        errors = CounterMetricFamily("digits_inputlog_database_errors", "Failed attempts to "
+                                     "write to a shared input log database (each retried).")
         found = False
         for source in self.sources():
             stats = getattr(source, "stats", None)
@@ -208,8 +210,10 @@ class StatsCollector:
                 dropped.add_metric([str(reason)], count)
             if "queue_depth" in values:
                 queue.add_metric([], values["queue_depth"])
+            if "database_errors" in values:
+                errors.add_metric([], values["database_errors"])
         if found:
-            yield from (written, dropped, queue)
+            yield from (written, dropped, queue, errors)
 
 
 class _Posted:

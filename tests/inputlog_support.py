@@ -10,7 +10,7 @@ import numpy as np
 from service.config import InputLogSettings
 from service.dataplane import Instance, ModelResult, Prediction, RequestContext
 from service.inputlog import InputLog
-from service.inputlog.records import DB_NAME
+from service.inputlog.database import DB_NAME
 from support import FIXTURES
 
 LABELS = [str(i) for i in range(10)]

@@ -26,7 +26,8 @@ from ..errors import DatasetError, InvalidInput, ServiceError
 from ..models import datasets
 from ..models.manifest import read_manifest
 from ..models.preprocess import PreprocessSpec, preprocess
-from .records import DB_NAME, connect, export_rows
+from .database import SqliteDatabase, open_database
+from .records import export_rows
 
 log = logging.getLogger("service.export")
 
@@ -47,6 +48,7 @@ class ExportOptions:
     model: str | None = None
     include_unlabelled: bool = False
     progress: bool = True
+    database_url: str | None = None   # the records in PostgreSQL; None: SQLite in inputlog_dir
 
 
 @dataclass
@@ -93,16 +95,17 @@ def parse_since(text: str | None) -> str | None:
 
 def export(options: ExportOptions) -> ExportResult:
     """Write ``inputlog-{images,labels}`` IDX files, their SHA256SUMS and ``index.csv``."""
-    if not (options.inputlog_dir / DB_NAME).exists():
+    database = open_database(options.inputlog_dir, options.database_url)
+    if isinstance(database, SqliteDatabase) and not database.path.exists():
         raise DatasetError(f"There is no input log in {options.inputlog_dir} "
-                           f"({DB_NAME} is missing).")
-    conn = connect(options.inputlog_dir)
+                           f"({database.path.name} is missing).")
     try:
-        rows = export_rows(conn, parse_since(options.since), options.model,
-                              labelled_only=not options.include_unlabelled)
-        samples = select_samples(rows)
+        with database.borrow() as conn:
+            rows = export_rows(conn, parse_since(options.since), options.model,
+                               labelled_only=not options.include_unlabelled)
+            samples = select_samples(rows)
     finally:
-        conn.close()
+        database.close()
     result = ExportResult()
     images, kept = _preprocess_all(samples, options, result)
     labels = np.array([s.class_id for s in kept], dtype=np.uint8)

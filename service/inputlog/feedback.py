@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import Forbidden, InvalidInput, NotFound, Unavailable
-from .records import labels, open_log, request_records, set_feedback
+from .database import Connection
+from .records import labels, request_records, set_feedback
 from .writer import LabelsFor, Writer
 
 log = logging.getLogger("service.inputlog")
@@ -29,8 +29,7 @@ def give_feedback(writer: Writer, labels_for: LabelsFor | None, request_id: str,
     Give ``label`` or ``class_id``; it must be one of the labels of the models that answered.
     A ``caller`` may only label its own predictions, unless it is an admin key.
     """
-    conn = open_log(writer.dir)
-    try:
+    with writer.db.borrow() as conn:
         rows = request_records(conn, request_id)
         if not rows and writer.behind():
             written = writer.flush()  # the request may still be waiting in the queue
@@ -45,12 +44,10 @@ def give_feedback(writer: Writer, labels_for: LabelsFor | None, request_id: str,
         _check_owner(rows, caller)
         label, class_id = _resolve(conn, rows, label, class_id, labels_for)
         updated = set_feedback(conn, [r["id"] for r in rows], label, class_id)
-    finally:
-        conn.close()
     return {"request_id": request_id, "label": label, "class": class_id, "updated": updated}
 
 
-def _resolve(conn: sqlite3.Connection, rows: list[sqlite3.Row], label: str | None,
+def _resolve(conn: Connection, rows: list[Any], label: str | None,
              class_id: int | None, labels_for: LabelsFor | None) -> tuple[str, int]:
     """(label, class id), checked against the labels of every model in ``rows``."""
     resolved: tuple[str, int] | None = None
@@ -85,7 +82,7 @@ def _current_labels(model: str, labels_for: LabelsFor | None) -> list[str]:
                       "labels_unavailable", retry_after=5)
 
 
-def _check_owner(rows: list[sqlite3.Row], caller: Caller | None) -> None:
+def _check_owner(rows: list[Any], caller: Caller | None) -> None:
     """With API keys, feedback on another key's prediction needs an admin key."""
     if caller is None or caller.admin:
         return
@@ -94,8 +91,8 @@ def _check_owner(rows: list[sqlite3.Row], caller: Caller | None) -> None:
                         "admin key may give feedback on it.", "feedback_forbidden")
 
 
-def _of_instance(rows: list[sqlite3.Row], request_id: str,
-                 instance: int | None) -> list[sqlite3.Row]:
+def _of_instance(rows: list[Any], request_id: str,
+                 instance: int | None) -> list[Any]:
     """The records of image ``instance`` of the request (all of them for None)."""
     if instance is None:
         return rows

@@ -8,13 +8,14 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import sqlite3
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..blobstore import BlobStore, BlobStoreError, LocalBlobStore, S3BlobStore, make_s3_client
 from ..config import InputLogSettings, S3Settings
+from .database import Connection
 from .records import ImageRow, known_image, mark_pruned, oldest_stored, utc_now
 
 log = logging.getLogger("service.inputlog")
@@ -78,7 +79,7 @@ class Images:
             return f"s3://{self.store.bucket}/{self.store.prefix}"
         return str(Path(self.settings.dir) / "images")
 
-    def store_image(self, conn: sqlite3.Connection, seen: dict[str, StoredImage],
+    def store_image(self, conn: Connection, seen: dict[str, StoredImage],
                     data: bytes) -> StoredImage:
         """The image row of ``data``, storing the bytes unless the database has them already.
 
@@ -118,7 +119,7 @@ class Images:
         """After a database error: what the database holds is no longer known."""
         self._stored.clear()
 
-    def prune_oldest(self, conn: sqlite3.Connection, excess: int) -> list[sqlite3.Row]:
+    def prune_oldest(self, conn: Connection, excess: int) -> list[Any]:
         """Delete the oldest stored images, at least ``excess`` bytes; the rows pruned."""
         victims = []
         for row in oldest_stored(conn):

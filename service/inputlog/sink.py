@@ -12,7 +12,8 @@ from ..config import InputLogSettings, S3Settings
 from ..dataplane import Instance, ModelResult, RequestContext
 from .feedback import Caller, give_feedback
 from .images import Images, make_store
-from .records import feedback_summary, open_log
+from .database import open_database
+from .records import feedback_summary
 from .writer import FLUSH_WAIT_S, LabelsFor, Writer
 
 log = logging.getLogger("service.inputlog")
@@ -28,16 +29,19 @@ class InputLog:
         self.dir = Path(settings.dir)
         self.labels_for = labels_for
         self.images = Images(settings, store or make_store(settings, s3 or S3Settings()))
-        self.writer = Writer(settings, self.images, labels_for, progress)
+        self.db = open_database(self.dir, settings.database_url)
+        self.writer = Writer(settings, self.images, self.db, labels_for, progress)
 
     def start(self) -> None:
         self.images.remove_stale_temp_files()
         self.writer.start()
-        log.info("input log at %s (images: %s)", self.dir, self.images.describe())
+        log.info("input log records in %s (images: %s)", self.db.describe(),
+                 self.images.describe())
 
     def stop(self, timeout: float = 30.0) -> None:
         """Write everything still queued (up to ``timeout``), then stop the writer."""
         self.writer.stop(timeout)
+        self.db.close()
 
     def flush(self, timeout: float = FLUSH_WAIT_S) -> bool:
         """Wait until every record queued so far is written (or dropped); False on timeout."""
@@ -54,11 +58,8 @@ class InputLog:
 
     def feedback_summary(self, model: str) -> list[dict[str, Any]]:
         """Live accuracy from feedback, per version of ``model`` (records.feedback_summary)."""
-        conn = open_log(self.writer.dir)
-        try:
+        with self.db.borrow() as conn:
             return feedback_summary(conn, model)
-        finally:
-            conn.close()
 
     def feedback(self, request_id: str, label: str | None = None, class_id: int | None = None,
                  instance: int | None = None, caller: Caller | None = None) -> dict[str, Any]:

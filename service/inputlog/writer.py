@@ -2,7 +2,9 @@
 
 ``put()`` only enqueues (the request path never waits on a disk or a bucket). The thread
 takes what is queued in batches, stores each new image, then inserts the batch's records in
-one SQLite transaction: a record is only inserted after its image is durably stored.
+one transaction: a record is only inserted after its image is durably stored.
+A shared database (PostgreSQL) that is down keeps its batch: the writer reconnects and retries
+with a growing pause while the queue takes the records that keep coming, up to its bound.
 Whatever cannot be written (queue full, store or database failing) is dropped, counted by
 reason and logged -- never silently.
 """
@@ -11,7 +13,6 @@ from __future__ import annotations
 import itertools
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from collections import Counter
@@ -25,10 +26,10 @@ from ..blobstore import BlobStoreError
 from ..cluster.progress import WriterProgress
 from ..config import InputLogSettings
 from ..dataplane import Instance, ModelResult, RequestContext
-from ..errors import Unavailable
+from .database import Connection, Database, first_line
 from .images import Images, StoredImage
-from .records import (ImageRow, PredictionRow, bytes_stored, has_labels, open_log,
-                      save_labels, utc_time, write_batch)
+from .records import (ImageRow, PredictionRow, bytes_stored, has_labels, save_labels, utc_time,
+                      write_batch)
 
 log = logging.getLogger("service.inputlog")
 
@@ -38,6 +39,8 @@ LINGER_S = 0.02            # after the first queued record, wait this long for m
 FLUSH_WAIT_S = 5.0         # flush()'s default, e.g. for feedback on a still-queued request
 DROP_LOG_INTERVAL_S = 10.0  # repeated drops of one reason are summarised this often
 RECOUNT_S = 10.0           # in a cluster, re-read the bytes stored (all workers') this often
+RETRY_FIRST_S = 0.25       # a database that is down: the first pause before a retry...
+RETRY_MAX_S = 4.0          # ...doubling up to this
 LabelsFor = Callable[[str], list[str]]  # a served model's labels, by model name
 
 
@@ -62,6 +65,7 @@ class Counters:
     written: int = 0            # prediction records committed
     images_written: int = 0     # image files/objects written (duplicates are not)
     images_pruned: int = 0
+    database_errors: int = 0    # failed attempts at a shared database (each batch retried)
     dropped: Counter = field(default_factory=Counter)  # records lost, by reason
     bytes_on_disk: int = 0
 
@@ -69,9 +73,10 @@ class Counters:
 class Writer:
     """The queue, the thread that empties it, and what was written or lost."""
 
-    def __init__(self, settings: InputLogSettings, images: Images,
+    def __init__(self, settings: InputLogSettings, images: Images, database: Database,
                  labels_for: LabelsFor | None = None, progress: WriterProgress | None = None):
         self.settings = settings
+        self.db = database
         self.progress = progress  # in a cluster: where the other workers see how far it got
         self.dir = Path(settings.dir)
         self.images = images
@@ -81,7 +86,7 @@ class Writer:
         self._lock = threading.Lock()     # guards counters and drop-log times
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._conn: sqlite3.Connection | None = None  # the writer thread's own
+        self._conn: Connection | None = None  # the writer thread's own
         self._last_drop_log: dict[str, float] = {}
         self._lost: set[int] = set()      # ids of this batch's requests already counted as dropped
         self._seq = itertools.count(1)    # next() is atomic: put() needs no lock
@@ -98,8 +103,10 @@ class Writer:
     def start(self) -> None:
         try:
             self._connection()
-        except Unavailable as exc:  # predictions go on; each lost record is counted
-            log.error("%s; records will be dropped until it can be", exc.message)
+        except Exception as exc:  # predictions go on; the writer tries again with each batch
+            log.error("The input log database %s cannot be opened (%s); records %s until it "
+                      "can be", self.db.describe(), exc, "wait in the queue" if
+                      self.db.transient else "will be dropped")
         self._stopping.clear()
         self._thread = threading.Thread(target=self._run, name="inputlog-writer", daemon=True)
         self._thread.start()
@@ -160,6 +167,7 @@ class Writer:
             c = self.counters
             return {"written": c.written, "images_written": c.images_written,
                     "images_pruned": c.images_pruned, "dropped_by_reason": dict(c.dropped),
+                    "database_errors": c.database_errors,
                     "queue_depth": self._queue.qsize(), "bytes_on_disk": c.bytes_on_disk}
 
     # -- the thread ---------------------------------------------------------------------------
@@ -180,11 +188,14 @@ class Writer:
                 except queue.Empty:
                     break
             try:
-                self._write(batch)
+                written = self._write(batch)
             finally:
                 for _ in batch:
                     self._queue.task_done()
                 self._mark_done(batch[-1].seq)
+            if not written:  # stopping, and the database is down: the rest cannot be either
+                self._drain_as_dropped("db_error")
+                return
 
     def _mark_done(self, seq: int) -> None:
         """Everything queued up to ``seq`` is written or dropped (the queue is in order)."""
@@ -194,19 +205,38 @@ class Writer:
                 self.progress.done(self._done_upto)
             self._done.notify_all()
 
-    def _write(self, batch: list[Pending]) -> None:
+    def _write(self, batch: list[Pending]) -> bool:
+        """Write ``batch``, retrying while the database is down; False: gave up, stopping."""
+        pause = RETRY_FIRST_S
         try:
-            conn = self._connection()
-            images, rows = self._collect(conn, batch)
-            new_images = [s.row for s in images.values() if s.new]
-            write_batch(conn, new_images, rows)
-        except Exception as exc:  # the writer must survive anything one batch does
-            lost = sum(p.records for p in batch if id(p) not in self._lost)
-            self._drop("db_error", lost, exc)
-            self._reset_connection()
-            return
+            while True:
+                try:
+                    self._commit(batch)
+                    return True
+                except self.db.transient as exc:
+                    self._reset_connection()
+                    if self._stopping.is_set():
+                        self._drop("db_error", self._unlost(batch), exc)
+                        return False
+                    self._database_down(exc, pause)
+                    self._stopping.wait(pause)
+                    pause = min(2 * pause, RETRY_MAX_S)
+                except Exception as exc:  # the writer must survive anything one batch does
+                    self._drop("db_error", self._unlost(batch), exc)
+                    self._reset_connection()
+                    return True
         finally:
             self._lost.clear()
+
+    def _unlost(self, batch: list[Pending]) -> int:
+        """The records of ``batch`` not yet counted as dropped."""
+        return sum(p.records for p in batch if id(p) not in self._lost)
+
+    def _commit(self, batch: list[Pending]) -> None:
+        conn = self._connection()
+        images, rows = self._collect(conn, batch)
+        new_images = [s.row for s in images.values() if s.new]
+        write_batch(conn, new_images, rows)
         for row in new_images:
             if row.stored:
                 self.images.remember(row)
@@ -219,12 +249,27 @@ class Writer:
         except Exception:  # pruning retries after the next batch; the records are safe
             log.warning("input log pruning failed", exc_info=True)
 
-    def _collect(self, conn: sqlite3.Connection, batch: list[Pending]
+    def _database_down(self, exc: Exception, pause: float) -> None:
+        """Count a failed attempt; log the first of an outage, then every DROP_LOG_INTERVAL_S."""
+        now = time.monotonic()
+        with self._lock:
+            self.counters.database_errors += 1
+            due = now - self._last_drop_log.get("db_down", -DROP_LOG_INTERVAL_S) >= DROP_LOG_INTERVAL_S
+            if due:
+                self._last_drop_log["db_down"] = now
+        if due:
+            log.warning("input log database %s is unavailable (%s): %d record(s) wait in the "
+                        "queue (bound %d); retrying in %.2f s", self.db.describe(),
+                        first_line(exc), self._queue.qsize(), self.settings.queue_size, pause)
+
+    def _collect(self, conn: Connection, batch: list[Pending]
                  ) -> tuple[dict[str, StoredImage], list[PredictionRow]]:
         """Store each new image; the rows of a request whose image failed are dropped."""
         images: dict[str, StoredImage] = {}
         rows: list[PredictionRow] = []
         for pending in batch:
+            if id(pending) in self._lost:  # dropped by an earlier attempt at this batch
+                continue
             try:
                 stored = [self.images.store_image(conn, images, inst.data)
                           for inst in pending.instances]
@@ -238,7 +283,7 @@ class Writer:
             self._remember_labels(conn, pending.results)
         return images, rows
 
-    def _remember_labels(self, conn: sqlite3.Connection, results: dict[str, ModelResult]) -> None:
+    def _remember_labels(self, conn: Connection, results: dict[str, ModelResult]) -> None:
         """Keep each (model, version)'s labels, so feedback is checked against the right ones."""
         if self.labels_for is None:
             return
@@ -254,12 +299,13 @@ class Writer:
                     continue
             self._labels_saved.add(pair)
 
-    def _prune(self, conn: sqlite3.Connection) -> None:
+    def _prune(self, conn: Connection) -> None:
         """Delete the oldest images while over ``max_disk_bytes``; their records stay."""
         limit = self.settings.max_disk_bytes
         now = time.monotonic()
-        if self.progress is not None and now - self._disk_counted_at >= RECOUNT_S:
-            # Other workers write images too: the database's sum is the truth.
+        if (self.progress is not None or self.db.shared) and \
+                now - self._disk_counted_at >= RECOUNT_S:
+            # Other workers (or replicas) write images too: the database's sum is the truth.
             self._disk_counted_at = now
             with self._lock:
                 self.counters.bytes_on_disk = bytes_stored(conn)
@@ -272,11 +318,17 @@ class Writer:
                 self.counters.images_pruned += len(pruned)
 
     # -- plumbing -----------------------------------------------------------------------------
-    def _connection(self) -> sqlite3.Connection:
+    def _connection(self) -> Connection:
         if self._conn is None:
-            self._conn = open_log(self.dir)
+            conn = self.db.connect()
+            try:
+                stored = bytes_stored(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
             with self._lock:
-                self.counters.bytes_on_disk = bytes_stored(self._conn)
+                self.counters.bytes_on_disk = stored
         return self._conn
 
     def _reset_connection(self) -> None:
@@ -285,7 +337,7 @@ class Writer:
         if self._conn is not None:
             try:
                 self._conn.close()
-            except sqlite3.Error:
+            except Exception:  # a connection that failed may fail to close too
                 pass
             self._conn = None
 

@@ -37,7 +37,7 @@ def test_images_are_stored_once_by_content_with_a_record_per_prediction(settings
     assert json.loads(first["top_k"])[0] == [7, "7", 0.91]
     assert first["time"].endswith("+00:00") and first["feedback_label"] is None
     assert log.stats() == {"written": 5, "images_written": 2, "images_pruned": 0,
-                           "dropped_by_reason": {}, "queue_depth": 0,
+                           "dropped_by_reason": {}, "queue_depth": 0, "database_errors": 0,
                            "bytes_on_disk": len(DIGIT7) + len(DIGIT2)}
     assert integrity(settings.dir) == "ok"
 
