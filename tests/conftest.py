@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 import fuzzing
-from support import FIXTURES, S3Server, ServerProcess
+from service.replicas.servers import PostgresServer, S3Server
+from support import FIXTURES, ServerProcess, require_server
 
 
 @pytest.fixture
@@ -38,9 +39,18 @@ def server(tmp_path_factory, images_root) -> str:
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3-compatible endpoint (moto_server) for the session; create your own buckets."""
-    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log").start()
+    server = S3Server(tmp_path_factory.mktemp("s3")).start()
     yield server
-    server.stop()
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server (a throwaway cluster) for the session; tests take a database
+    of their own with ``postgres_server.new_database()``."""
+    server = require_server(PostgresServer).start()
+    yield server
+    server.cleanup()
 
 
 def pytest_report_header() -> str:

@@ -94,6 +94,7 @@ class Writer:
         self._done_upto = 0               # every seq up to this is written or dropped
         self._done = threading.Condition()
         self._queued_lock = threading.Lock()
+        self._in_hand = 0                 # queue items taken by the thread, not yet written
         # The (model, version) pairs whose labels are saved: a busy server's repeated
         # models cost no query.
         self._labels_saved: set[tuple[str, int]] = set()
@@ -168,7 +169,8 @@ class Writer:
             return {"written": c.written, "images_written": c.images_written,
                     "images_pruned": c.images_pruned, "dropped_by_reason": dict(c.dropped),
                     "database_errors": c.database_errors,
-                    "queue_depth": self._queue.qsize(), "bytes_on_disk": c.bytes_on_disk}
+                    "queue_depth": self._queue.qsize() + self._in_hand,
+                    "bytes_on_disk": c.bytes_on_disk}
 
     # -- the thread ---------------------------------------------------------------------------
     def _run(self) -> None:
@@ -187,9 +189,11 @@ class Writer:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            self._in_hand = len(batch)
             try:
                 written = self._write(batch)
             finally:
+                self._in_hand = 0
                 for _ in batch:
                     self._queue.task_done()
                 self._mark_done(batch[-1].seq)
