@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from .errors import ServiceError
 
@@ -63,14 +64,19 @@ def _add_serve_parser(commands: Subcommands) -> None:
                             "(default: [service] workers, 1)")
     serve.add_argument("--socket-dir", type=Path, metavar="DIR",
                        help="each worker listens on DIR/worker-<n>.sock instead (for nginx)")
+    serve.add_argument("--replica-id", metavar="ID",
+                       help="this replica's name in X-Served-By (sets $DIGITS_REPLICA_ID, "
+                            "which beats [service] replica_id; default: pid-<pid>)")
     serve.set_defaults(handler=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .config import load_settings
+    from .config import REPLICA_ENV, load_settings
 
     path = config_path(args.config)
     service = load_settings(path).service
+    if args.replica_id:  # the environment reaches the workers too
+        os.environ[REPLICA_ENV] = args.replica_id
     workers = service.workers if args.workers is None else args.workers
     socket_dir = args.socket_dir or service.socket_dir
     if workers < 0:
@@ -299,11 +305,12 @@ def _export(args: argparse.Namespace) -> int:
 def _add_keys_parser(commands: Subcommands) -> None:
     keys = commands.add_parser(
         "keys", help="manage API keys (add, list, revoke)",
-        description="API keys live in the file named by the config's [auth] keys_file, as "
-                    "salted hashes: a new key is printed once and cannot be shown again. A "
-                    "running server picks up changes within a second.")
-    _config_option(keys, "for [auth] keys_file")
-    keys.add_argument("--file", type=Path, help="the key file (default: [auth] keys_file)")
+        description="API keys live in the file named by the config's [auth] keys_file, or "
+                    "in the PostgreSQL database [auth] keys_database_url, as salted hashes: a "
+                    "new key is printed once and cannot be shown again. A running server "
+                    "picks up changes within a second (a file) or two (a database).")
+    _config_option(keys, "for [auth] keys_file or keys_database_url")
+    keys.add_argument("--file", type=Path, help="the key file (default: the config's)")
     actions = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
     add = actions.add_parser("add", help="create a key and print it once")
     add.add_argument("name", help="who the key is for, e.g. billing-app")
@@ -319,26 +326,29 @@ def _add_keys_parser(commands: Subcommands) -> None:
     keys.set_defaults(handler=_keys)
 
 
-def _shown(path: Path) -> str:
-    """``path`` relative to the working directory when it is below it."""
-    path = Path(path).resolve()
+def _shown(store: Any) -> str:
+    """Where the keys are; a file's path relative to the working directory when below it."""
+    if not hasattr(store, "path"):
+        return store.describe()
+    path = Path(store.path).resolve()
     return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 def _keys(args: argparse.Namespace) -> int:
+    from .access.key_stores import key_store
     from .access.keys import LIMIT_FIELDS, add_key, read_keys, revoke_key
     from .config import load_settings
 
-    path = args.file or load_settings(config_path(args.config)).auth.keys_file
+    path = args.file or load_settings(config_path(args.config)).auth.keys_at()
     if path is None:
-        print("error: no key file: set [auth] keys_file in the config, or pass --file",
-              file=sys.stderr)
+        print("error: no keys: set [auth] keys_file or keys_database_url in the config, or "
+              "pass --file", file=sys.stderr)
         return 2
     if args.action == "add":
         limits = {f: getattr(args, f) for f in LIMIT_FIELDS}
         record, key = add_key(path, args.name, args.admin, limits)
         kind = "admin key" if record.admin else "key"
-        print(f"created {kind} {record.id} for {record.name} in {_shown(path)}.\n"
+        print(f"created {kind} {record.id} for {record.name} in {_shown(key_store(path))}.\n"
               "Store it now; it is not kept and cannot be shown again:\n" + key)
     elif args.action == "list":
         for record in read_keys(path).values():

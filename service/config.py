@@ -107,9 +107,19 @@ class ServiceSettings:
     workers: int = 1                     # serving processes (serve --workers); 0: one per core
     socket_dir: Path | None = None       # workers listen on <dir>/worker-<n>.sock (for nginx)
     run_dir: Path = REPO_ROOT / "var" / "run"  # a cluster's shared state, under <dir>/<parent pid>
+    # What X-Served-By and /v1/models/<m>'s served_by say: this replica's name among many.
+    # $DIGITS_REPLICA_ID (serve --replica-id, or a pod's name) beats it; neither: pid-<pid>.
+    replica_id: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "trusted_proxies", trusted_proxies(self.trusted_proxies))
+        if self.replica_id is not None and not REPLICA_ID.fullmatch(self.replica_id):
+            raise ValueError(f"replica_id: {self.replica_id!r} is not a replica id (1-64 "
+                             "letters, digits, '.', '_', '-')")
+
+
+REPLICA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+REPLICA_ENV = "DIGITS_REPLICA_ID"
 
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -193,15 +203,26 @@ class LogSettings:
 
 @dataclass(frozen=True)
 class AuthSettings:
-    """API keys: off unless ``keys_file`` names a key file (``python -m service keys add``)."""
+    """API keys: off unless ``keys_file`` names a key file or ``keys_database_url`` a
+    PostgreSQL database that every replica reads (``python -m service keys add``)."""
 
     keys_file: Path | None = None
+    keys_database_url: str | None = None  # the table api_keys there (may be the input log's)
     protect_health: bool = False         # /healthz, /readyz, /status need a key too
     protect_metrics: bool = False        # /metrics needs a key too
     form_open: bool = False              # the HTML form works without a key (trusted network)
     # who reads /v1/models/<m>/feedback-summary (and /models's live accuracy): "key" (any
     # key, as the other /v1/models routes), "admin" (admin keys, or the admin token), "open"
     feedback_summary: str = "key"
+
+    def __post_init__(self) -> None:
+        check_postgres_url("keys_database_url", self.keys_database_url)
+        if self.keys_file is not None and self.keys_database_url is not None:
+            raise ValueError("keys_database_url: give keys_file or keys_database_url, not both")
+
+    def keys_at(self) -> Path | str | None:
+        """Where the keys are: the file, the database URL, or None (keys are off)."""
+        return self.keys_file or self.keys_database_url
 
 
 @dataclass(frozen=True)
@@ -301,8 +322,8 @@ def load_settings(path: Path | None) -> Settings:
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}; expected [global], "
                           f"[service], [{'], ['.join(SECTIONS)}] and [model:<name>]")
-    if service.admin_token and sections["auth"].keys_file:
-        raise ConfigError(f"{where} [service] admin_token: not used with [auth] keys_file; "
+    if service.admin_token and sections["auth"].keys_at():
+        raise ConfigError(f"{where} [service] admin_token: not used with API keys; "
                           "admin routes take an admin key (`python -m service keys add NAME "
                           "--admin`)")
     if service.default_model not in names:

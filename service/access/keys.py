@@ -1,36 +1,42 @@
-"""API keys: a JSON file of key ids with salted hashes, never the keys themselves.
+"""API keys: key ids with salted hashes, never the keys themselves, in a JSON file or a table.
 
 A key reads ``dk_<id>_<secret>``: the id (not secret) finds the record, the 256-bit random
 secret is checked against ``HMAC-SHA256(salt, secret)`` with a constant-time comparison. A
 fast hash is the right tool here: the secret is random, not a password, so there is nothing
 to slow down a guess of -- and every request pays for the check.
 
-The server re-reads the file when it changes (checked at most once a second), so
-``python -m service keys add|revoke`` takes effect without a restart.
+Where the records live (``key_stores.py``): the file ``[auth] keys_file`` (one machine), or
+the table ``api_keys`` in the PostgreSQL database ``[auth] keys_database_url`` (every
+replica). ``python -m service keys add|revoke`` writes there and a running server follows
+without a restart: it re-reads a file when it changes (checked at most once a second), and
+the table every ``TABLE_RELOAD_S`` in the background.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import hmac
-import json
+import logging
+import os
 import re
 import secrets
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Mapping
 
-from ..blobstore import write_atomic
 from ..config import RateLimits
 from ..errors import ConfigError, InvalidInput, NotFound
+from .key_stores import Where, key_store
+
+log = logging.getLogger("service.access")
 
 PREFIX = "dk"
 KEY_PATTERN = re.compile(r"^dk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 NAME_PATTERN = re.compile(r"^[\w.@-]{1,64}$")
-RECHECK_S = 1.0  # how often the server looks at the file's modification time
+RECHECK_S = 1.0       # how often the server looks at the file's modification time
+TABLE_RELOAD_S = 2.0  # how often it re-reads a table (a change is honoured within this)
 LIMIT_FIELDS = tuple(f.name for f in dataclasses.fields(RateLimits))
 
 
@@ -82,79 +88,57 @@ def _digest(salt: str, secret: str) -> str:
     return hmac.new(bytes.fromhex(salt), secret.encode(), hashlib.sha256).hexdigest()
 
 
-def _now() -> str:
+def now_text() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def read_keys(path: Path) -> dict[str, ApiKey]:
-    """Every key in ``path`` by id (revoked ones included); a missing file holds none."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the key file {path}: {exc}") from None
-    try:
-        keys = [ApiKey.from_dict(item) for item in data["keys"]]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"the key file {path} is malformed: {exc!r}") from None
-    return {key.id: key for key in keys}
-
-
-def write_keys(path: Path, keys: dict[str, ApiKey]) -> None:
-    """Replace ``path`` atomically, readable by its owner only."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = json.dumps({"keys": [k.to_dict() for k in keys.values()]}, indent=2) + "\n"
-    write_atomic(path, payload.encode(), mode=0o600)
-
-
-def add_key(path: Path, name: str, admin: bool = False,
+def add_key(where: Where, name: str, admin: bool = False,
             limits: Mapping[str, float | None] | None = None) -> tuple[ApiKey, str]:
     """Create a key; returns its record and the key itself (shown once, never stored).
 
-    ``limits``: the key's own, by :class:`RateLimits` field (see :func:`key_limits`).
+    ``where``: a key file's path, or a store. ``limits``: the key's own, by
+    :class:`RateLimits` field (see :func:`key_limits`).
     """
     if not NAME_PATTERN.match(name):
         raise InvalidInput(f"key name {name!r}: use 1-64 letters, digits, '.', '@', '-', '_'.")
     own = key_limits(limits or {})
-    keys = read_keys(path)
-    key_id = secrets.token_hex(6)
-    while key_id in keys:
-        key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     salt = secrets.token_hex(16)
-    record = ApiKey(key_id, name, admin, salt, _digest(salt, secret), _now(), limits=own)
-    keys[key_id] = record
-    write_keys(path, keys)
-    return record, f"{PREFIX}_{key_id}_{secret}"
+    record = key_store(where).add(lambda key_id: ApiKey(
+        key_id, name, admin, salt, _digest(salt, secret), now_text(), limits=own))
+    return record, f"{PREFIX}_{record.id}_{secret}"
 
 
-def revoke_key(path: Path, which: str) -> list[ApiKey]:
+def revoke_key(where: Where, which: str) -> list[ApiKey]:
     """Revoke the key with this id, or every live key with this name."""
-    keys = read_keys(path)
-    matched = [k for k in keys.values() if k.revoked is None and which in (k.id, k.name)]
-    if not matched:
+    revoked = key_store(where).revoke(which, now_text())
+    if not revoked:
         raise NotFound(f"no live key has the id or name {which!r}")
-    for key in matched:
-        keys[key.id] = dataclasses.replace(key, revoked=_now())
-    write_keys(path, keys)
-    return [keys[k.id] for k in matched]
+    return revoked
+
+
+def read_keys(where: Where) -> dict[str, ApiKey]:
+    """Every key by id (revoked ones included); a missing file holds none."""
+    return key_store(where).load()
 
 
 class KeyRing:
-    """The server's view of the key file: ``verify(presented)`` -> the live key or None."""
+    """The server's view of the keys: ``verify(presented)`` -> the live key or None."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    def __init__(self, where: Where):
+        self.store = key_store(where)
         self._lock = threading.Lock()
         self._keys: dict[str, ApiKey] = {}
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: Any = None
         self._checked = 0.0
-        self._refresh(force=True)
+        self._follower: tuple[int, threading.Thread] | None = None  # (pid, thread)
+        self._refresh(force=True)  # a store that cannot be read fails at start-up, loudly
 
     def verify(self, presented: str) -> ApiKey | None:
-        self._refresh()
+        if self.store.watchable:
+            self._refresh()
+        else:
+            self._follow()
         match = KEY_PATTERN.match(presented)
         key = self._keys.get(match.group(1)) if match else None
         secret = match.group(2) if match else presented
@@ -167,22 +151,42 @@ class KeyRing:
         return self._keys.get(key_id)
 
     def _refresh(self, force: bool = False) -> None:
+        """Re-read a file whose stamp changed (looked at once per RECHECK_S at most)."""
         now = time.monotonic()
         if not force and now - self._checked < RECHECK_S:
             return
         with self._lock:
             self._checked = now
-            try:
-                stat = self.path.stat()
-                stamp = (stat.st_mtime_ns, stat.st_size)
-            except FileNotFoundError:
-                stamp = None
-            if stamp == self._stamp and not force:
+            stamp = self.store.stamp()
+            if stamp == self._stamp and not force and self.store.watchable:
                 return
             try:
-                self._keys = read_keys(self.path)
+                self._keys = self.store.load()
             except ConfigError:
                 if force:
                     raise
                 return  # keep the keys we had: a half-edited file must not open or lock all
             self._stamp = stamp
+
+    def _follow(self) -> None:
+        """A table is re-read by a thread of this process (started here, not at start-up:
+        a daemon forks after the ring is made, and a fork keeps no thread)."""
+        follower = self._follower
+        if follower is not None and follower[0] == os.getpid():
+            return
+        with self._lock:
+            if self._follower is not None and self._follower[0] == os.getpid():
+                return
+            thread = threading.Thread(target=self._reload_forever, name="keys-follower",
+                                      daemon=True)
+            self._follower = (os.getpid(), thread)
+            thread.start()
+
+    def _reload_forever(self) -> None:
+        while True:
+            time.sleep(TABLE_RELOAD_S)
+            try:
+                self._keys = self.store.load()
+            except ConfigError as exc:  # keep the keys we had while the database is away
+                log.warning("API keys not reloaded (keeping the %d known): %s",
+                            len(self._keys), exc)

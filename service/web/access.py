@@ -76,7 +76,7 @@ class Access:
         if auth.keys_file is not None and not auth.keys_file.exists():
             raise ConfigError(f"[auth] keys_file: {auth.keys_file} does not exist; create a "
                               "key with `python -m service keys add NAME`")
-        self.keys = KeyRing(auth.keys_file) if auth.keys_file else None
+        self.keys = KeyRing(auth.keys_at()) if auth.keys_at() else None
         self.defaults = RateLimits(**{f.name: getattr(limits, f.name)
                                       for f in dataclasses.fields(RateLimits)})
         self.limiter: Limiter = limiter if limiter is not None else RateLimiter()

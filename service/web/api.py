@@ -116,11 +116,12 @@ def list_models(app: Any, /, **_: Any) -> dict[str, Any]:
 
 
 def get_model(app: Any, /, name: str, **_: Any) -> dict[str, Any]:
-    """The model's details; ``model_version_status`` is TF Serving's model status answer."""
+    """The model's details; ``model_version_status`` is TF Serving's model status answer;
+    ``served_by`` names the replica (and worker) that answered, as X-Served-By does."""
     status = model_status(app.registry, name)
     versions = app.registry.versions(name)
     return {**model_details(status), **version_info(status, versions),
-            **tfserving.version_status(status, versions)}
+            **tfserving.version_status(status, versions), "served_by": app.served_by()}
 
 
 def predict_one(app: Any, /, name: str, **params: Any) -> dict[str, Any]:

@@ -12,7 +12,8 @@ from cherrypy.process.plugins import Daemonizer, PIDFile
 
 from .. import logs, metrics
 from ..access.shared_limits import make_limiter
-from ..config import REPO_ROOT, Settings, load_settings
+from ..config import REPLICA_ENV, REPLICA_ID, REPO_ROOT, Settings, load_settings
+from ..errors import ConfigError
 from ..cluster.identity import Worker
 from ..cluster.progress import WriterProgress
 from ..dataplane import DataPlane
@@ -66,6 +67,22 @@ class App:
         self.mnist_dir = service.mnist_dir
         self.inputlog = inputlog
         self.openapi_bytes = openapi.document_bytes(openapi_document())
+        self.server: Any = None  # the HTTP server, once installed (its served_by)
+
+    def served_by(self) -> str | None:
+        """What X-Served-By says for this process."""
+        named = getattr(self.server, "served_by", None)
+        return named.decode() if named else None
+
+
+def served_by(replica_id: str | None, worker: Worker | None) -> bytes | None:
+    """X-Served-By: the replica, and the worker within it; None: the server says pid-<pid>."""
+    replica = os.environ.get(REPLICA_ENV) or replica_id  # the pod's own name beats the file
+    if replica and REPLICA_ID.fullmatch(replica) is None:
+        raise ConfigError(f"${REPLICA_ENV}: {replica!r} is not a replica id (1-64 letters, "
+                          "digits, '.', '_', '-')")
+    names = [n for n in (replica, worker.name if worker else None) if n]
+    return "/".join(names).encode() if names else None
 
 
 def app_config(max_body_bytes: int, trusted_proxies: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -111,8 +128,8 @@ def mount(settings: Settings, worker: Worker | None = None) -> App:
     # Below CherryPy: slow clients are cut, and a full accept queue answers 503 at once.
     server = connection_guard.install(service.client_timeout_s, app.service_metrics,
                                       header_timeout_s=service.header_timeout_s)
-    if worker is not None:
-        server.served_by = worker.name.encode()
+    server.served_by = served_by(service.replica_id, worker)
+    app.server = server
     config = app_config(service.max_body_bytes, service.trusted_proxies)
     config["/"].update(tool_config(app.service_metrics))
     config["/"].update({"tools.access.on": True, "tools.access.access": app.access,

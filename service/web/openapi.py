@@ -198,7 +198,7 @@ SCHEMAS: dict[str, Any] = {
         versions=array(INT), previous_version=nullable(INT),
         last_reload_failure=nullable(obj(("version", "reason"), version=nullable(INT),
                                          reason=STR, code=STR, at=STR)),
-        model_version_status=array(ref("TFVersionStatus")))]},
+        model_version_status=array(ref("TFVersionStatus")), served_by=nullable(STR))]},
     "FeedbackSummary": obj(("name", "versions"), name=STR, versions=array(obj(
         ("version", "logged", "labelled", "correct", "accuracy", "confused"), version=INT,
         logged=INT, labelled=INT, correct=INT, accuracy=nullable(NUM),
