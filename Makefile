@@ -7,7 +7,7 @@ PORT   ?= 8080
 WORKERS ?= 2
 
 .PHONY: install serve daemon stop test train fast-train evaluate bench fixtures clean fuzz soak \
-        fairness hostile test-runs cluster bench-workers bench-protocols accuracy wild
+        fairness hostile test-runs cluster replicas bench-workers bench-protocols bench-replicas accuracy wild
 
 AXE = var/npm/node_modules/axe-core/axe.min.js
 
@@ -35,6 +35,9 @@ stop:
 cluster: install               ## WORKERS workers (2) behind nginx on PORT, in the foreground; Ctrl-C stops
 	$(PY) -m service cluster --config conf/service.conf --port $(PORT) --workers $(WORKERS)
 
+replicas: install              ## PostgreSQL, Redis, S3 and 2 replicas behind nginx on PORT; Ctrl-C stops
+	$(PY) -m service replicas --config conf/service.conf --port $(PORT) --replicas 2
+
 test: install                  ## the whole suite (CI runs exactly this)
 	$(PY) -m pytest -q
 
@@ -58,6 +61,9 @@ bench-workers: install         ## 1 vs 2 workers vs 2 behind nginx (~5 min) -> b
 
 bench-protocols: install       ## V2 and TF Serving vs the native route (~4 min) -> bench/RESULTS.md "protocols"
 	$(PY) bench/protocols.py
+
+bench-replicas: install        ## shared stores vs embedded, 2 processes behind nginx (~5 min) -> "replicas"
+	$(PY) bench/replicas.py
 
 fuzz: install                  ## tests/web/test_fuzz.py with many more cases than CI's default
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} $(PY) -m pytest -q tests/web/test_fuzz.py

@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service",
                                      description="Handwritten digit recognition service.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_serve_parser, _add_cluster_parser, _add_train_parser, _add_evaluate_parser,
+    for add in (_add_serve_parser, _add_cluster_parser, _add_replicas_parser,
+                _add_train_parser, _add_evaluate_parser,
                 _add_export_parser, _add_keys_parser, _add_publish_parser,
                 _add_classify_parser):  # as --help lists them
         add(commands)
@@ -111,6 +112,38 @@ def _add_cluster_parser(commands: Subcommands) -> None:
                                              "workers' sockets (var/cluster)")
     cluster.add_argument("--nginx", default="nginx", help="the nginx binary (nginx)")
     cluster.set_defaults(handler=_cluster)
+
+
+def _add_replicas_parser(commands: Subcommands) -> None:
+    replicas = commands.add_parser(
+        "replicas", help="PostgreSQL, Redis, S3 and N replicas behind nginx (make replicas)",
+        description="On loopback: a throwaway PostgreSQL cluster (input log records, API "
+                    "keys), Redis (rate limits), an S3 test server (model versions from the "
+                    "shipped graphs, input log images), N replicas (`serve --replica-id "
+                    "replica-<i>`, one port each) and nginx in front on --port. Ctrl-C or "
+                    "SIGTERM stops them all; the stores' data is thrown away.")
+    _config_option(replicas, "the base config; the stores' sections are filled in")
+    replicas.add_argument("--port", type=int, default=8080, help="nginx listens here (8080)")
+    replicas.add_argument("--replicas", type=int, default=2, metavar="N", help="(2)")
+    replicas.add_argument("--keys", action="store_true",
+                          help="API keys on, in PostgreSQL (`keys add --config "
+                               "PREFIX/replica.conf NAME`)")
+    replicas.add_argument("--poll-interval", type=float, default=5.0, metavar="S",
+                          help="each replica looks for new versions in the bucket this often")
+    replicas.add_argument("--prefix", type=Path, default=REPO_ROOT / "var" / "replicas",
+                          metavar="DIR", help="every file of the run (var/replicas)")
+    replicas.set_defaults(handler=_replicas)
+
+
+def _replicas(args: argparse.Namespace) -> int:
+    from .replicas.local import LocalReplicas
+
+    if args.replicas < 1:
+        print(f"error: --replicas must be >= 1, got {args.replicas}", file=sys.stderr)
+        return 2
+    return LocalReplicas(prefix=args.prefix, port=args.port, count=args.replicas,
+                         base_config=config_path(args.config), keys=args.keys,
+                         poll_interval_s=args.poll_interval).run()
 
 
 def _cluster(args: argparse.Namespace) -> int:

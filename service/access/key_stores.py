@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 NewKey = Callable[[str], "ApiKey"]  # the record of a new key, given its id
 CONNECT_TIMEOUT_S = 3
+CREATE_LOCK = 7_349_114  # pg_advisory_xact_lock's key while the table is created
 
 
 def new_id() -> str:
@@ -147,7 +148,9 @@ class KeyTable:
                                  connect_timeout=CONNECT_TIMEOUT_S,
                                  application_name="digits-keys") as conn:
                 if not self._created:
-                    conn.execute(self.SCHEMA)
+                    with conn.transaction():  # replicas starting together: one creates it
+                        conn.execute("SELECT pg_advisory_xact_lock(%s)", (CREATE_LOCK,))
+                        conn.execute(self.SCHEMA)
                     self._created = True
                 return work(conn)
         except psycopg.Error as exc:

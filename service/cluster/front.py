@@ -67,6 +67,8 @@ class Front:
     workers: int
     max_body: int          # [service] max_body_bytes
     static_dir: Path = REPO_ROOT / "static"
+    # Upstreams other than the workers' sockets: "host:port" of replicas (make replicas).
+    upstreams: tuple[str, ...] = ()
 
     @property
     def socket_dir(self) -> Path:
@@ -92,8 +94,9 @@ def render(front: Front, template: str | None = None) -> str:
     lines = text.splitlines(keepends=True)
     body = "".join(lines[next((i for i, line in enumerate(lines)
                                if line.strip() and not line.startswith("#")), len(lines)):])
-    servers = "".join(f"        server unix:{path} max_fails=3 fail_timeout=2s;\n"
-                      for path in front.sockets()).rstrip("\n")
+    addresses = front.upstreams or tuple(f"unix:{path}" for path in front.sockets())
+    servers = "".join(f"        server {address} max_fails=3 fail_timeout=2s;\n"
+                      for address in addresses).rstrip("\n")
     values = {
         "prefix": str(front.prefix), "port": str(front.port),
         "host": f"[{front.host}]" if ":" in front.host else front.host,  # IPv6: bracketed
@@ -342,10 +345,10 @@ class Cluster:
         """nginx first (no new requests reach a draining worker), then the service."""
         status = EXIT_STOPPED
         if self.proxy is not None:
-            _stop(self.proxy, [(signal.SIGQUIT, NGINX_QUIT_S), (signal.SIGTERM, 5.0)])
+            stop_child(self.proxy, [(signal.SIGQUIT, NGINX_QUIT_S), (signal.SIGTERM, 5.0)])
             self.proxy = None
         if self.service is not None:
-            returncode = _stop(self.service, [(signal.SIGTERM, SERVICE_STOP_S)])
+            returncode = stop_child(self.service, [(signal.SIGTERM, SERVICE_STOP_S)])
             if self.stop_signal is not None and returncode not in (0, None):
                 say(f"the service stopped with {_describe(returncode)}")
                 status = EXIT_SERVICE_DIED
@@ -353,7 +356,7 @@ class Cluster:
         return status
 
 
-def _stop(proc: subprocess.Popen, steps: list[tuple[int, float]]) -> int:
+def stop_child(proc: subprocess.Popen, steps: list[tuple[int, float]]) -> int:
     """Signal ``proc`` step by step until it exits, then end what is left of its process
     group (its own session): nginx's workers outlive a master killed with -9, say."""
     for signum, wait_s in steps:

@@ -135,17 +135,20 @@ class PostgresServer(BackingServer):
     user, database = "digits", "digits"
 
     def __init__(self, root: Path | None = None, port: int | None = None):
-        super().__init__(root, port)
         self.bin = find_postgres_bin()
-        self.data = self.root / "data"
         self._created = 0
         self._identity: dict[str, int] = {}
         if os.geteuid() == 0:
             import pwd
 
             entry = pwd.getpwnam("postgres")
-            os.chown(self.root, entry.pw_uid, entry.pw_gid)
             self._identity = {"user": entry.pw_uid, "group": entry.pw_gid}
+            if root is not None and not _reachable(Path(root), entry.pw_uid, entry.pw_gid):
+                root = None  # e.g. under pytest's private (0700) directories: a /tmp one
+        super().__init__(root, port)
+        if self._identity:
+            os.chown(self.root, self._identity["user"], self._identity["group"])
+        self.data = self.root / "data"
 
     def identity(self) -> dict[str, int]:
         return self._identity
@@ -199,6 +202,21 @@ class PostgresServer(BackingServer):
                               **self._identity)
         if done.returncode:
             raise RuntimeError(f"{' '.join(command)} failed: {done.stdout}{done.stderr}")
+
+
+def _reachable(path: Path, uid: int, gid: int) -> bool:
+    """Whether the user ``uid`` may pass through every existing directory above ``path``."""
+    import stat
+
+    for parent in Path(path).resolve().parents:
+        try:
+            info = parent.stat()
+        except FileNotFoundError:
+            continue
+        if not (info.st_mode & stat.S_IXOTH or (info.st_uid == uid and info.st_mode & stat.S_IXUSR)
+                or (info.st_gid == gid and info.st_mode & stat.S_IXGRP)):
+            return False
+    return True
 
 
 # -- Redis ----------------------------------------------------------------------------------
