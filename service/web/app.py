@@ -11,6 +11,7 @@ import cherrypy
 from cherrypy.process.plugins import Daemonizer, PIDFile
 
 from .. import logs, metrics
+from ..access.redis_limits import in_flight_lease
 from ..access.shared_limits import make_limiter
 from ..config import REPO_ROOT, Settings, load_settings
 from ..cluster.identity import Worker
@@ -46,8 +47,10 @@ class App:
         service = settings.service
         self.settings = settings
         self.registry = registry
+        limiter = make_limiter(member.worker if member else None, settings.ratelimit,
+                               lease_s=in_flight_lease(service))
         self.access = Access(settings.auth, settings.ratelimit, service.max_batch_size,
-                             service.admin_token, limiter=make_limiter(member.worker if member else None))
+                             service.admin_token, limiter=limiter)
         self.plane = DataPlane(registry, max_pixels=service.max_pixels,
                                max_frames=service.max_frames,
                                max_batch_size=service.max_batch_size,
