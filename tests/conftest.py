@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import fuzzing
-from support import FIXTURES, S3Server, ServerProcess
+from support import FIXTURES, RedisServer, S3Server, ServerProcess
 
 
 @pytest.fixture
@@ -41,6 +41,23 @@ def s3_server(tmp_path_factory):
     server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log").start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server for the session; keep to keys of your own (a prefix), and do not
+    stop it (take ``private_redis`` for that)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A real redis-server of this test's own, to stop, restart or freeze."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()  # SIGKILL: a frozen one goes too
 
 
 def pytest_report_header() -> str:

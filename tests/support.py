@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -237,3 +238,78 @@ class S3Server:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
+
+
+def require_redis_server() -> str:
+    """The redis-server binary. Missing: the test fails under CI (CI=true; .ci/run installs
+    the Debian package), and is skipped elsewhere."""
+    import pytest
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        message = "redis-server is not installed (apt-get install redis-server; .ci/run does)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return binary
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, in memory only (no snapshot, no AOF): a
+    restart loses every key and script, as a crashed Redis would."""
+
+    def __init__(self, directory: Path):
+        self.binary = require_redis_server()
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.log_path = directory / "redis.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30) -> "RedisServer":
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(self.dir)],
+                stdout=log, stderr=subprocess.STDOUT)
+        wait_for(lambda: self.proc.poll() is not None or self.ping(), timeout,
+                 what=lambda: f"redis-server on port {self.port}:\n{self.log()}")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {self.proc.returncode}:\n{self.log()}")
+        return self
+
+    def ping(self) -> bool:
+        try:
+            return self.client().ping()
+        except Exception:  # not listening yet
+            return False
+
+    def client(self):
+        """A client of its own (the tests' view of the keys; not the limiter's)."""
+        import redis
+
+        return redis.Redis.from_url(self.url, socket_timeout=5)
+
+    def stop(self) -> None:
+        """Stop it (SIGKILL: as if it crashed) and wait until its port is closed."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        wait_for(lambda: not listening(self.port), 10, what=f"port {self.port} closed")
+
+    def restart(self) -> "RedisServer":
+        """Stop it and start a fresh, empty one on the same port."""
+        self.stop()
+        return self.start()
+
+    def freeze(self) -> None:
+        """SIGSTOP: it still accepts connections (the kernel does) but never answers -- a hung
+        Redis."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
