@@ -247,6 +247,25 @@ class RateLimitSettings(RateLimits):
     # flooding client then costs a sleeping thread, not the CPU everyone else needs.
     tarpit_s: float = 0.5
     tarpit_slots: int = 16
+    # Where the buckets and in-flight counts live when every replica must share them, e.g.
+    # "redis://127.0.0.1:6379/0" (also rediss://, unix:///path.sock); None: this process's
+    # memory, or the machine's shared file for cluster workers (access/shared_limits.py).
+    redis_url: str | None = None
+    # Redis unreachable: admit requests unchecked (True), or refuse them with 503 (False).
+    fail_open: bool = True
+    # Each Redis command's connect and read timeout: a hung Redis holds a request this long.
+    redis_timeout_s: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.redis_url is not None and not self.redis_url.startswith(REDIS_SCHEMES):
+            raise ValueError(f"redis_url: {self.redis_url!r} is not a Redis URL; expected "
+                             "redis://host:port/db, rediss://host:port/db (TLS) or "
+                             "unix:///path/to/redis.sock")
+        if not self.redis_timeout_s > 0:
+            raise ValueError(f"redis_timeout_s must be > 0, got {self.redis_timeout_s}")
+
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 @dataclass(frozen=True)

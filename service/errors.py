@@ -31,7 +31,8 @@ CODES: dict[int, tuple[str, ...]] = {
     500: ("internal_error",),
     501: ("not_implemented",),
     503: ("model_unavailable", "overloaded", "not_ready", "unavailable", "too_many_in_flight",
-          "worker_restarted", "feedback_pending", "labels_unavailable", "inputlog_unavailable"),
+          "worker_restarted", "feedback_pending", "labels_unavailable", "inputlog_unavailable",
+          "ratelimit_unavailable"),
     502: ("bad_gateway",),          # the nginx front (deploy/nginx.conf): no worker answered
     504: ("deadline_exceeded", "gateway_timeout"),  # gateway_timeout: the nginx front's
     505: ("http_version_not_supported",),

@@ -12,7 +12,8 @@ Two kinds of numbers live here:
 Each app gets its own ``CollectorRegistry`` (``ServiceMetrics``), so several apps or tests
 in one process never collide. Model loads happen below the web layer, once per process, so
 they are counted in the process-wide ``LIFECYCLE`` registry by ``model_loaded`` (the app
-subscribes it to the model registry's load hook) and re-exported by every app's registry.
+subscribes it to the model registry's load hook) and re-exported by every app's registry;
+so are the rate-limit backends' failures (``ratelimit_backend_errors``).
 """
 from __future__ import annotations
 
@@ -56,6 +57,19 @@ def model_loaded(name: str, version: int | None, seconds: float, ok: bool,
     """
     _MODEL_LOADS.labels(name, kind, "ok" if ok else "failed").inc()
     _MODEL_LOAD_SECONDS.labels(name, kind).observe(max(0.0, seconds))
+
+
+# -- rate-limit backends: process-wide, like the limiter (below the web layer) ----------------
+_RATELIMIT_BACKEND_ERRORS = Counter("digits_ratelimit_backend_errors", "Rate-limit checks "
+                                    "whose backend (redis, sqlite) could not be reached: "
+                                    "requests admitted unchecked, or refused with 503 when "
+                                    "[ratelimit] fail_open = False.", ["backend"],
+                                    registry=LIFECYCLE)
+
+
+def ratelimit_backend_errors(backend: str) -> Any:
+    """The counter of ``backend``'s failures (its series shows from the first call, at 0)."""
+    return _RATELIMIT_BACKEND_ERRORS.labels(backend)
 
 
 # -- per app ---------------------------------------------------------------------------------

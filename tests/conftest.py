@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import fuzzing
-from service.replicas.servers import PostgresServer, S3Server
+from service.replicas.servers import PostgresServer, RedisServer, S3Server
 from support import FIXTURES, ServerProcess, require_server
 
 
@@ -51,6 +51,23 @@ def postgres_server():
     server = require_server(PostgresServer).start()
     yield server
     server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server for the session; keep to keys of your own (a prefix), and do not
+    stop it (take ``private_redis`` for that)."""
+    server = require_server(RedisServer, tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A real redis-server of this test's own, to stop, restart or freeze."""
+    server = require_server(RedisServer, tmp_path / "redis").start()
+    yield server
+    server.cleanup()  # SIGKILL: a frozen one goes too
 
 
 def pytest_report_header() -> str:

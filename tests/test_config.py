@@ -94,7 +94,22 @@ format = "json"
     ("[store]\nkind = \"s3\"\n", "bucket"),
     ("[inputlog]\nenabled = 1\n", "enabled"),
     ("[logging]\nformat = \"xml\"\n", "format"),
+    ("[ratelimit]\nredis_url = \"http://127.0.0.1:6379\"\n", r"\[ratelimit\]: redis_url"),
+    ("[ratelimit]\nredis_url = \"127.0.0.1:6379\"\n", r"\[ratelimit\]: redis_url"),
+    ("[ratelimit]\nredis_url = 6379\n", r"\[ratelimit\] redis_url"),
+    ("[ratelimit]\nfail_open = \"no\"\n", r"\[ratelimit\] fail_open"),
+    ("[ratelimit]\nredis_timeout_s = 0\n", r"\[ratelimit\]: redis_timeout_s"),
 ])
 def test_operations_sections_name_bad_keys(tmp_path, text, key):
     with pytest.raises(ConfigError, match=key):
         load_settings(write(tmp_path, text))
+
+
+def test_rate_limits_in_redis_are_off_unless_a_url_is_given(tmp_path):
+    assert load_settings(None).ratelimit.redis_url is None
+    assert load_settings(None).ratelimit.fail_open is True
+    for url in ("redis://127.0.0.1:6379/0", "rediss://:secret@redis.example:6380/1",
+                "unix:///run/redis/redis.sock?db=2"):
+        settings = load_settings(write(tmp_path, f'[ratelimit]\nredis_url = "{url}"\n'
+                                                 "fail_open = False\n"))
+        assert (settings.ratelimit.redis_url, settings.ratelimit.fail_open) == (url, False)

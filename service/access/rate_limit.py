@@ -6,21 +6,27 @@ requests at once) carrying the seconds until the request could succeed.
 
 One interface, interchangeable backends. :class:`Limiter` is what callers use;
 :class:`BucketLimiter` writes the admission policy, its arithmetic and its messages once, over a
-backend's state; :class:`RateLimiter` keeps that state in this process's memory, and
-``shared_limits.SharedRateLimiter`` in a SQLite file every worker of the machine shares.
+backend's state; :class:`RateLimiter` keeps that state in this process's memory,
+``shared_limits.SharedRateLimiter`` in a SQLite file every worker of the machine shares, and
+``redis_limits.RedisRateLimiter`` in Redis, shared by every replica of the service.
 """
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
 from typing import Callable, Protocol, TypeVar
 
+from .. import metrics
 from ..config import RateLimits
 from ..errors import Overloaded, RateLimited
 
+log = logging.getLogger("service.access")
+
 MAX_CLIENTS = 100_000  # buckets kept; beyond this, full (idle) buckets are forgotten
 REQUESTS, IMAGES = "requests", "images"  # the two kinds of bucket a client has
+LOG_EVERY_S = 60.0      # at most one log line this often while a backend fails
 
 Clock = Callable[[], float]
 T = TypeVar("T")
@@ -72,7 +78,10 @@ class BucketLimiter:
 
     A backend gives :meth:`_atomically` (run a step, given the time, as one indivisible
     update of the state) and the primitives the steps use: :meth:`_take` (one bucket),
-    :meth:`_busy` and :meth:`_add_busy` (a client's requests in flight).
+    :meth:`_claim` and :meth:`_release` (a slot of a client's in-flight cap). Each primitive
+    is one indivisible update by itself, so a backend that cannot hold a step's two together
+    (Redis: one script each) still answers the same: a refusal by the second keeps the
+    first's token, as it does everywhere.
     """
 
     def __init__(self, clock: Clock = time.monotonic) -> None:
@@ -95,17 +104,16 @@ class BucketLimiter:
                     raise _limited(f"more than {limits.requests_per_s:g} requests a second", wait)
             if not limits.max_in_flight:
                 return False
-            busy = self._busy(client)
+            busy = self._claim(client, limits.max_in_flight, now)
             if busy >= limits.max_in_flight:
                 raise Overloaded(f"This client already has {busy} requests in progress, its "
                                  "limit; wait for one to finish.", "too_many_in_flight")
-            self._add_busy(client, 1)
             return True
 
         return self._atomically(step, failed=False)
 
     def leave(self, client: str) -> None:
-        self._atomically(lambda now: self._add_busy(client, -1), failed=None)
+        self._atomically(lambda now: self._release(client, now), failed=None)
 
     def charge_images(self, client: str, limits: RateLimits, count: int, batch_max: int) -> None:
         """Take ``count`` image tokens, or raise."""
@@ -132,11 +140,13 @@ class BucketLimiter:
         burst changed starts afresh (full)."""
         raise NotImplementedError
 
-    def _busy(self, client: str) -> int:
+    def _claim(self, client: str, cap: int, now: float) -> int:
+        """Count one more request of ``client`` in flight unless ``cap`` already are; return
+        how many were in flight before (``>= cap``: nothing was counted)."""
         raise NotImplementedError
 
-    def _add_busy(self, client: str, delta: int) -> None:
-        """Count ``delta`` more requests in flight (never fewer than 0)."""
+    def _release(self, client: str, now: float) -> None:
+        """Count one request fewer in flight (never fewer than 0)."""
         raise NotImplementedError
 
 
@@ -164,11 +174,14 @@ class RateLimiter(BucketLimiter):
             bucket = buckets[client] = TokenBucket(rate, burst, now)
         return bucket.take(cost, now)
 
-    def _busy(self, client: str) -> int:
-        return self._in_flight.get(client, 0)
+    def _claim(self, client: str, cap: int, now: float) -> int:
+        busy = self._in_flight.get(client, 0)
+        if busy < cap:
+            self._in_flight[client] = busy + 1
+        return busy
 
-    def _add_busy(self, client: str, delta: int) -> None:
-        busy = self._in_flight.get(client, 0) + delta
+    def _release(self, client: str, now: float) -> None:
+        busy = self._in_flight.get(client, 0) - 1
         if busy > 0:
             self._in_flight[client] = busy
         else:
@@ -179,6 +192,31 @@ class RateLimiter(BucketLimiter):
         """A full bucket is the same as no bucket: dropping it changes nobody's limit."""
         for client in [c for c, b in buckets.items() if b.full(now)]:
             del buckets[client]
+
+
+class FailureReport:
+    """A backend's failures: each counted (``digits_ratelimit_backend_errors_total``), and
+    logged at most once per ``LOG_EVERY_S`` with the count since the last line -- a backend
+    that is down fails every request, and one line a request would drown the log."""
+
+    def __init__(self, backend: str):
+        self._counter = metrics.ratelimit_backend_errors(backend)
+        self._lock = threading.Lock()
+        self._failures = 0       # since the last log line
+        self._logged_at: float | None = None
+
+    def failed(self, what: str, exc: BaseException, meanwhile: str) -> None:
+        """Count one failure of ``what`` (e.g. "Rate limits in Redis at ...") and maybe log
+        it, saying what is done ``meanwhile``."""
+        self._counter.inc()
+        now = time.monotonic()  # the real clock: the log's interval is not the limits' time
+        with self._lock:
+            self._failures += 1
+            if self._logged_at is not None and now - self._logged_at < LOG_EVERY_S:
+                return
+            failures, self._logged_at, self._failures = self._failures, now, 0
+        log.warning("%s failed (%s: %s; %d failure(s) since the last report): %s meanwhile",
+                    what, type(exc).__name__, exc, failures, meanwhile)
 
 
 def _limited(what: str, wait: float) -> RateLimited:

@@ -21,12 +21,15 @@ contenders wait instead of seeing ``database is locked``. The clock is read insi
 transaction, so updates are applied in the order of their stamps.
 
 Fails open: when the database cannot be reached (any ``sqlite3.Error``), the request is
-admitted unchecked and the failure is logged at most once a minute, with a count. A broken
-limiter must not answer 500 to every request, and these limits protect capacity, not secrets.
+admitted unchecked, the failure counted (``digits_ratelimit_backend_errors_total``) and logged
+at most once a minute, with a count. A broken limiter must not answer 500 to every request,
+and these limits protect capacity, not secrets.
+
+:func:`make_limiter` picks the backend of a process: this file for a cluster's workers, or
+Redis (``redis_limits.py``) for every replica when ``[ratelimit] redis_url`` is set.
 """
 from __future__ import annotations
 
-import logging
 import os
 import sqlite3
 import threading
@@ -35,18 +38,17 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TypeVar
 
+from ..config import RateLimitSettings
 from ..errors import ServiceError
-from .rate_limit import BucketLimiter, Clock, Limiter, RateLimiter, TokenBucket
+from .rate_limit import BucketLimiter, Clock, FailureReport, Limiter, RateLimiter, TokenBucket
+from .redis_limits import LEASE_S, RedisRateLimiter
 
 if TYPE_CHECKING:
     from ..cluster.identity import Worker
 
-log = logging.getLogger("service.access")
-
 DB_NAME = "ratelimit.sqlite"
 BUSY_TIMEOUT_S = 10.0   # a worker waits this long for another's transaction (each takes µs)
 PRUNE_EVERY = 4096      # bucket updates in a process between deletions of full buckets
-LOG_EVERY_S = 60.0      # at most one log line this often while the database fails
 T = TypeVar("T")
 
 SCHEMA = """
@@ -81,8 +83,7 @@ class SharedRateLimiter(BucketLimiter):
         self.worker = worker
         self._reset()
         self._updates = 0        # bucket updates by this process, for pruning
-        self._failures = 0       # since the last log line
-        self._logged_at: float | None = None
+        self._report = FailureReport("sqlite")
         self._create()           # a database that cannot be made fails at start-up, loudly
         _LIVE.add(self)
 
@@ -137,11 +138,21 @@ class SharedRateLimiter(BucketLimiter):
             self._forget_idle(now)
         return wait
 
+    def _claim(self, client: str, cap: int, now: float) -> int:
+        busy = self._busy(client)
+        if busy < cap:
+            self._add_busy(client, 1)
+        return busy
+
+    def _release(self, client: str, now: float) -> None:
+        self._add_busy(client, -1)
+
     def _busy(self, client: str) -> int:
         return self._db().execute("SELECT coalesce(sum(n), 0) FROM in_flight WHERE client = ?",
                                   (client,)).fetchone()[0]
 
     def _add_busy(self, client: str, delta: int) -> None:
+        """Count ``delta`` more requests in flight (never fewer than 0)."""
         db, key = self._db(), (client, self.worker)
         if delta > 0:
             db.execute("INSERT INTO in_flight VALUES (?, ?, ?) ON CONFLICT (client, worker) "
@@ -201,15 +212,10 @@ class SharedRateLimiter(BucketLimiter):
                 pass
 
     def _failed(self, exc: sqlite3.Error, answer: T) -> T:
-        """Fail open: roll back, log at most once per LOG_EVERY_S, and answer ``answer``."""
+        """Fail open: roll back, count and report the failure, and answer ``answer``."""
         self._rollback()
-        self._failures += 1
-        now = time.monotonic()  # the real clock: the log's interval is not the limits' time
-        if self._logged_at is None or now - self._logged_at >= LOG_EVERY_S:
-            log.warning("Shared rate limits in %s failed (%s: %s; %d failure(s) since the last "
-                        "report): admitting requests unchecked meanwhile", self.path,
-                        type(exc).__name__, exc, self._failures)
-            self._logged_at, self._failures = now, 0
+        self._report.failed(f"Shared rate limits in {self.path}", exc,
+                            "admitting requests unchecked")
         return answer
 
 
@@ -221,10 +227,19 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def make_limiter(worker: Worker | None) -> Limiter:
-    """The limiter of this process: its own memory when it is the whole service, else the
-    file in the cluster's run directory, shared with the other workers. A worker starts by
-    forgetting its slot's in-flight counts: it inherits nothing from a dead predecessor."""
+def make_limiter(worker: Worker | None, settings: RateLimitSettings | None = None, *,
+                 lease_s: float = LEASE_S, replica: str | None = None) -> Limiter:
+    """The limiter of this process.
+
+    With ``settings.redis_url``: Redis, shared by every replica and worker (``replica`` names
+    this process's in-flight leases, held ``lease_s``; default host:pid). Else its own memory
+    when it is the whole service, or the file in the cluster's run directory, shared with the
+    other workers: a worker starts by forgetting its slot's in-flight counts, inheriting
+    nothing from a dead predecessor."""
+    if settings is not None and settings.redis_url:
+        return RedisRateLimiter.from_url(settings.redis_url, replica,
+                                         timeout_s=settings.redis_timeout_s,
+                                         fail_open=settings.fail_open, lease_s=lease_s)
     if worker is None:
         return RateLimiter()
     limiter = SharedRateLimiter(worker.run_dir / DB_NAME, f"worker-{worker.slot}")

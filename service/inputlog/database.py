@@ -28,7 +28,7 @@ log = logging.getLogger("service.inputlog")
 DB_NAME = "inputlog.sqlite3"
 SQLITE_BUSY_TIMEOUT_S = 5.0
 PG_CONNECT_TIMEOUT_S = 3     # a down database is known this fast (the writer retries)
-PG_BORROW_TIMEOUT_S = 3.0    # a request waits this long for a pooled connection, then 503
+PG_BORROW_TIMEOUT_S = 1.0    # a request waits this long for a pooled connection, then connects
 PG_POOL_MAX = 4              # request-side connections per replica (feedback, summaries)
 MIGRATION_LOCK = 7_349_113   # pg_advisory_xact_lock's key: one migrator at a time
 
@@ -196,12 +196,24 @@ class PostgresDatabase:
 
         self._pool.open(wait=False)  # idempotent; opened on first use, not at import
         try:
-            with self._pool.connection() as raw:
-                yield PostgresConnection(raw)
-        except (PoolTimeout, *self.transient) as exc:
+            raw, pooled = self._pool.getconn(timeout=PG_BORROW_TIMEOUT_S), True
+        except PoolTimeout:
+            # After an outage the pool's reconnections back off for seconds or minutes: one
+            # direct connection answers at once whether the database is back.
+            raw, pooled = None, False
+        try:
+            if raw is None:
+                raw = self._psycopg.connect(self.url, **self._connect_args())
+            yield PostgresConnection(raw)
+        except self.transient as exc:
             raise Unavailable(f"The input log database ({self.describe()}) cannot be reached: "
                               f"{first_line(exc)}", "inputlog_unavailable",
                               retry_after=5) from exc
+        finally:
+            if pooled:
+                self._pool.putconn(raw)  # a broken connection is discarded there
+            elif raw is not None:
+                raw.close()
 
     def describe(self) -> str:
         """The URL without its password."""

@@ -201,7 +201,7 @@ class LocalReplicas:
                       "poll_interval_s": self.poll_interval_s},
             "inputlog": {"backend": "s3", "bucket": INPUTLOG_BUCKET, "database_url": url,
                          "dir": str(self.prefix / "inputlog")},
-            #TMP "ratelimit": {"redis_url": self.redis.url},
+            "ratelimit": {"redis_url": self.redis.url},
         }
         if self.keys:
             settings["auth"] = {"keys_database_url": url}

@@ -86,15 +86,22 @@ class BackingServer:
         """Anything to do once before the first start (e.g. initdb)."""
 
     def stop(self, timeout: float = 20.0) -> None:
-        """Stop the process (its data stays until :meth:`cleanup`)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(self.stop_signal)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        """Stop the process and wait until its port is closed (its data stays until
+        :meth:`cleanup`)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(self.stop_signal)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        deadline = time.monotonic() + timeout
+        while _port_open(self.port) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def restart(self) -> "BackingServer":
+        self.stop()
+        return self.start()
 
     stop_signal = signal.SIGTERM
 
@@ -221,9 +228,11 @@ def _reachable(path: Path, uid: int, gid: int) -> bool:
 
 # -- Redis ----------------------------------------------------------------------------------
 class RedisServer(BackingServer):
-    """``redis-server`` on loopback with no persistence: its state lives as long as it does."""
+    """``redis-server`` on loopback with no persistence: its state lives as long as it does,
+    and a restart loses every key and script, as a crashed Redis would."""
 
     name = "redis"
+    stop_signal = signal.SIGKILL  # as if it crashed (nothing to save); a frozen one goes too
 
     def __init__(self, root: Path | None = None, port: int | None = None):
         binary = shutil.which("redis-server")
@@ -239,6 +248,25 @@ class RedisServer(BackingServer):
     def command(self) -> list[str]:
         return [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "no", "--dir", str(self.root)]
+
+    def ready(self) -> bool:
+        try:
+            return bool(self.client().ping())
+        except Exception:  # not listening yet
+            return False
+
+    def client(self):
+        """A client of its own (the caller's view of the keys, not a limiter's)."""
+        import redis
+
+        return redis.Redis.from_url(self.url, socket_timeout=5)
+
+    def freeze(self) -> None:
+        """SIGSTOP: the kernel still accepts connections, but nothing answers (a hung Redis)."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
 
 
 # -- S3 -------------------------------------------------------------------------------------

@@ -66,7 +66,8 @@ class Access:
     """The keys (None: no keys configured) and limiter behind ``tools.access``.
 
     ``limiter``: where the buckets and in-flight counts live -- this process's memory by
-    default; ``access.shared_limits.make_limiter`` picks the one for a cluster's worker.
+    default; ``access.shared_limits.make_limiter`` picks the one for a cluster's worker, or
+    Redis for every replica (``[ratelimit] redis_url``).
     """
 
     def __init__(self, auth: AuthSettings, limits: RateLimitSettings, batch_max: int,

@@ -11,6 +11,7 @@ import cherrypy
 from cherrypy.process.plugins import Daemonizer, PIDFile
 
 from .. import logs, metrics
+from ..access.redis_limits import in_flight_lease
 from ..access.shared_limits import make_limiter
 from ..config import REPLICA_ENV, REPLICA_ID, REPO_ROOT, Settings, load_settings
 from ..errors import ConfigError
@@ -47,8 +48,10 @@ class App:
         service = settings.service
         self.settings = settings
         self.registry = registry
+        limiter = make_limiter(member.worker if member else None, settings.ratelimit,
+                               lease_s=in_flight_lease(service))
         self.access = Access(settings.auth, settings.ratelimit, service.max_batch_size,
-                             service.admin_token, limiter=make_limiter(member.worker if member else None))
+                             service.admin_token, limiter=limiter)
         self.plane = DataPlane(registry, max_pixels=service.max_pixels,
                                max_frames=service.max_frames,
                                max_batch_size=service.max_batch_size,

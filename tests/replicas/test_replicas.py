@@ -228,3 +228,22 @@ def test_postgresql_stopped_for_10_s_under_load_loses_nothing(replicas, key):
     assert after > before  # the outage is counted
     for replica in replicas.replicas:
         assert metric(replica.url, "digits_inputlog_dropped_total") == 0
+
+
+def test_redis_stopped_fails_open_and_counts_then_limits_again(replicas):
+    _, secret = add_key(replicas.postgres.url, "slow", limits={"requests_per_s": 0.01,
+                                                               "requests_burst": 2})
+    accepted_everywhere(replicas, secret)  # one request on each replica: the burst is spent
+
+    def status() -> int:
+        return requests.get(replicas.url + "/v1/models", headers=bearer(secret),
+                            timeout=10).status_code
+
+    assert status() == 429
+    before = sum(metric(r.url, "digits_ratelimit_backend_errors_total") for r in replicas.replicas)
+    replicas.redis.stop()
+    assert [status() for _ in range(6)] == [200] * 6  # fail_open: served unchecked
+    after = sum(metric(r.url, "digits_ratelimit_backend_errors_total") for r in replicas.replicas)
+    assert after >= before + 6
+    replicas.redis.start()  # empty, on the same port; the replicas are not restarted
+    assert [status() for _ in range(3)] == [200, 200, 429]
