@@ -184,17 +184,20 @@ def markdown(summary: dict[str, dict], writer: dict[str, dict], info: dict[str, 
     for load in ("png", f"json{BATCH}"):
         for target in ("embedded", "shared"):
             s = summary[f"{target}/{load}"]
+            each = ", ".join(f"{v:.0f}" for v in s["rounds_requests_per_s"])
             lines.append(f"| {load} | {target} | {s['requests_per_s']:.1f} | "
                          f"{s['images_per_s']:.0f} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | "
-                         f"{s['errors']} | {', '.join(f'{v:.0f}' for v in s['rounds_requests_per_s'])} |")
-        ratio = summary[f"shared/{load}"]["requests_per_s"] / summary[f"embedded/{load}"]["requests_per_s"]
+                         f"{s['errors']} | {each} |")
+        shared, embedded = summary[f"shared/{load}"], summary[f"embedded/{load}"]
+        ratio = shared["requests_per_s"] / embedded["requests_per_s"]
         verdicts.append({"rule": f"shared / embedded throughput, {load}, 32 clients",
                          "measured": f"{ratio:.2f}", "required": f">= {SHARE:.2f}",
                          "met": ratio >= SHARE})
     lines += ["", f"Writing the records of {WRITER_RECORDS:,} single-image predictions (the "
               "input log's writer alone, in this process; the database server's CPU from "
               "/proc):", "",
-              "| records in | wall s | writer CPU µs/record | server CPU µs/record | total µs/record |",
+              "| records in | wall s | writer CPU µs/record | server CPU µs/record "
+              "| total µs/record |",
               "|---|---:|---:|---:|---:|"]
     for name, w in writer.items():
         lines.append(f"| {name} | {w['wall_s']:.2f} | {w['writer_cpu_us_per_record']:.0f} | "

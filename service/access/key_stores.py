@@ -1,25 +1,23 @@
 """Where API key records live: a JSON file (one machine) or a PostgreSQL table (every replica).
 
-Both answer the same four calls: ``load`` (every record by id), ``add`` (a new record, its id
+Both answer the same four calls: ``load`` (every record), ``add`` (a new record, its id
 unique), ``revoke`` (the live records of an id or a name) and ``stamp`` (what changes when the
-records do; a table cannot say cheaply, so a server re-reads it on a timer instead).
+records do; a table cannot say cheaply, so a server re-reads it on a timer instead). A record
+is a plain dict, ``ApiKey.to_dict()``'s shape; ``keys.py`` makes keys of them.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import secrets
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Union
+from typing import Any, Callable, Union
 
 from ..blobstore import write_atomic
 from ..config import POSTGRES_SCHEMES
 from ..errors import ConfigError
 
-if TYPE_CHECKING:
-    from .keys import ApiKey
-
-NewKey = Callable[[str], "ApiKey"]  # the record of a new key, given its id
+Record = dict[str, Any]
+NewKey = Callable[[str], Record]  # the record of a new key, given its id
 CONNECT_TIMEOUT_S = 3
 CREATE_LOCK = 7_349_114  # pg_advisory_xact_lock's key while the table is created
 
@@ -46,42 +44,40 @@ class KeyFile:
             return None
         return stat.st_mtime_ns, stat.st_size
 
-    def load(self) -> dict[str, ApiKey]:
-        from .keys import ApiKey
-
+    def load(self) -> list[Record]:
         try:
             data = json.loads(self.path.read_text())
         except FileNotFoundError:
-            return {}
+            return []
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read the key file {self.path}: {exc}") from None
-        try:
-            keys = [ApiKey.from_dict(item) for item in data["keys"]]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"the key file {self.path} is malformed: {exc!r}") from None
-        return {key.id: key for key in keys}
+        if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
+            raise ConfigError(f"the key file {self.path} is malformed: no list of keys")
+        return data["keys"]
 
-    def add(self, make: NewKey) -> ApiKey:
-        keys = self.load()
+    def add(self, make: NewKey) -> Record:
+        records = self.load()
+        taken = {r.get("id") for r in records if isinstance(r, dict)}
         key_id = new_id()
-        while key_id in keys:
+        while key_id in taken:
             key_id = new_id()
-        keys[key_id] = record = make(key_id)
-        self._write(keys)
+        records.append(record := make(key_id))
+        self._write(records)
         return record
 
-    def revoke(self, which: str, when: str) -> list[ApiKey]:
-        keys = self.load()
-        matched = [k for k in keys.values() if k.revoked is None and which in (k.id, k.name)]
-        for key in matched:
-            keys[key.id] = dataclasses.replace(key, revoked=when)
+    def revoke(self, which: str, when: str) -> list[Record]:
+        records = self.load()
+        matched = [r for r in records if isinstance(r, dict) and r.get("revoked") is None
+                   and which in (r.get("id"), r.get("name"))]
+        for record in matched:
+            record["revoked"] = when
         if matched:
-            self._write(keys)
-        return [keys[k.id] for k in matched]
+            self._write(records)
+        return matched
 
-    def _write(self, keys: dict[str, ApiKey]) -> None:
+    def _write(self, records: list[Record]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        payload = json.dumps({"keys": [k.to_dict() for k in keys.values()]}, indent=2) + "\n"
+        payload = json.dumps({"keys": records}, indent=2) + "\n"
         write_atomic(self.path, payload.encode(), mode=0o600)
 
 
@@ -114,29 +110,24 @@ class KeyTable:
     def stamp(self) -> None:
         return None
 
-    def load(self) -> dict[str, ApiKey]:
-        from .keys import ApiKey
-
+    def load(self) -> list[Record]:
         rows = self._run(lambda conn: conn.execute(
             f"SELECT {', '.join(self.COLUMNS)} FROM api_keys ORDER BY created, id").fetchall())
-        keys = [ApiKey.from_dict({**row, "limits": json.loads(row["limits"])}) for row in rows]
-        return {key.id: key for key in keys}
+        return [_from_row(row) for row in rows]
 
-    def add(self, make: NewKey) -> ApiKey:
+    def add(self, make: NewKey) -> Record:
         record = make(new_id())  # 48 random bits: a clash is refused by the primary key
-        values = {**record.to_dict(), "limits": json.dumps(record.limits)}
+        values = {**record, "limits": json.dumps(record.get("limits") or {})}
         self._run(lambda conn: conn.execute(
             f"INSERT INTO api_keys ({', '.join(self.COLUMNS)}) VALUES "
-            f"({', '.join(['%s'] * len(self.COLUMNS))})", [values[c] for c in self.COLUMNS]))
+            f"({', '.join(['%s'] * len(self.COLUMNS))})", [values.get(c) for c in self.COLUMNS]))
         return record
 
-    def revoke(self, which: str, when: str) -> list[ApiKey]:
-        from .keys import ApiKey
-
+    def revoke(self, which: str, when: str) -> list[Record]:
         rows = self._run(lambda conn: conn.execute(
             f"UPDATE api_keys SET revoked = %s WHERE revoked IS NULL AND (id = %s OR name = %s) "
             f"RETURNING {', '.join(self.COLUMNS)}", (when, which, which)).fetchall())
-        return [ApiKey.from_dict({**row, "limits": json.loads(row["limits"])}) for row in rows]
+        return [_from_row(row) for row in rows]
 
     def _run(self, work: Callable[[Any], Any]) -> Any:
         """``work(connection)`` on a short-lived connection; a failure is a ConfigError."""
@@ -156,6 +147,10 @@ class KeyTable:
         except psycopg.Error as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ConfigError(f"cannot use {self.describe()}: {first}") from None
+
+
+def _from_row(row: dict[str, Any]) -> Record:
+    return {**row, "limits": json.loads(row["limits"])}
 
 
 KeyStore = Union[KeyFile, KeyTable]

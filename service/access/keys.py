@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 from ..config import RateLimits
 from ..errors import ConfigError, InvalidInput, NotFound
-from .key_stores import Where, key_store
+from .key_stores import KeyStore, Where, key_store
 
 log = logging.getLogger("service.access")
 
@@ -104,22 +104,32 @@ def add_key(where: Where, name: str, admin: bool = False,
     own = key_limits(limits or {})
     secret = secrets.token_urlsafe(32)
     salt = secrets.token_hex(16)
-    record = key_store(where).add(lambda key_id: ApiKey(
-        key_id, name, admin, salt, _digest(salt, secret), now_text(), limits=own))
+    store = key_store(where)
+    record = ApiKey.from_dict(store.add(lambda key_id: ApiKey(
+        key_id, name, admin, salt, _digest(salt, secret), now_text(), limits=own).to_dict()))
     return record, f"{PREFIX}_{record.id}_{secret}"
 
 
 def revoke_key(where: Where, which: str) -> list[ApiKey]:
     """Revoke the key with this id, or every live key with this name."""
-    revoked = key_store(where).revoke(which, now_text())
+    store = key_store(where)
+    revoked = store.revoke(which, now_text())
     if not revoked:
         raise NotFound(f"no live key has the id or name {which!r}")
-    return revoked
+    return [_key(record, store) for record in revoked]
 
 
 def read_keys(where: Where) -> dict[str, ApiKey]:
     """Every key by id (revoked ones included); a missing file holds none."""
-    return key_store(where).load()
+    store = key_store(where)
+    return {key.id: key for key in (_key(record, store) for record in store.load())}
+
+
+def _key(record: Any, store: KeyStore) -> ApiKey:
+    try:
+        return ApiKey.from_dict(record)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{store.describe()} holds a malformed key: {exc!r}") from None
 
 
 class KeyRing:
@@ -132,6 +142,7 @@ class KeyRing:
         self._stamp: Any = None
         self._checked = 0.0
         self._follower: tuple[int, threading.Thread] | None = None  # (pid, thread)
+        self._closed = threading.Event()
         self._refresh(force=True)  # a store that cannot be read fails at start-up, loudly
 
     def verify(self, presented: str) -> ApiKey | None:
@@ -161,7 +172,7 @@ class KeyRing:
             if stamp == self._stamp and not force and self.store.watchable:
                 return
             try:
-                self._keys = self.store.load()
+                self._keys = read_keys(self.store)
             except ConfigError:
                 if force:
                     raise
@@ -183,10 +194,20 @@ class KeyRing:
             thread.start()
 
     def _reload_forever(self) -> None:
-        while True:
-            time.sleep(TABLE_RELOAD_S)
+        failing = False
+        while not self._closed.wait(TABLE_RELOAD_S):
             try:
-                self._keys = self.store.load()
+                self._keys = read_keys(self.store)
             except ConfigError as exc:  # keep the keys we had while the database is away
-                log.warning("API keys not reloaded (keeping the %d known): %s",
-                            len(self._keys), exc)
+                if not failing:
+                    log.warning("API keys not reloaded (keeping the %d known) until %s "
+                                "answers: %s", len(self._keys), self.store.describe(), exc)
+                failing = True
+                continue
+            if failing:
+                log.info("API keys reloaded again from %s", self.store.describe())
+            failing = False
+
+    def close(self) -> None:
+        """Stop re-reading the table (a ring's thread otherwise lives as long as its process)."""
+        self._closed.set()

@@ -2,8 +2,8 @@
 
 Both hold the same tables (``records.MIGRATIONS``, written once, its few type names filled in per
 dialect) and take the same SQL, written with ``?`` placeholders; :class:`Connection` is the
-small surface ``records.py`` uses (``execute``, ``executemany``, ``transaction``), whichever the
-database. The schema is versioned (``schema_version``) and migrated at start-up: every
+small surface ``records.py`` asks for (``execute``, ``executemany``, ``transaction``), whichever
+the database. The schema is versioned (``schema_version``) and migrated at start-up: every
 migration a database has not had yet runs once, under a lock, so replicas starting together
 migrate it once.
 
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
 
 from ..errors import Unavailable
+from .records import Connection, migrate
 
 log = logging.getLogger("service.inputlog")
 
@@ -30,21 +31,6 @@ SQLITE_BUSY_TIMEOUT_S = 5.0
 PG_CONNECT_TIMEOUT_S = 3     # a down database is known this fast (the writer retries)
 PG_BORROW_TIMEOUT_S = 1.0    # a request waits this long for a pooled connection, then connects
 PG_POOL_MAX = 4              # request-side connections per replica (feedback, summaries)
-MIGRATION_LOCK = 7_349_113   # pg_advisory_xact_lock's key: one migrator at a time
-
-
-class Cursor(Protocol):
-    def fetchone(self) -> Any: ...
-    def fetchall(self) -> list[Any]: ...
-
-
-class Connection(Protocol):
-    """What records.py calls; rows are read by column name (``row["sha256"]``)."""
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor: ...
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
-    def transaction(self) -> contextlib.AbstractContextManager[Any]: ...
-    def close(self) -> None: ...
 
 
 class Database(Protocol):
@@ -105,10 +91,9 @@ class SqliteDatabase:
                               check_same_thread=False)
         raw.row_factory = sqlite3.Row
         raw.execute("PRAGMA journal_mode=WAL")  # request threads read while the writer writes
-        raw.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, never corrupt
+        raw.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable at checkpoints, never corrupt
         conn = SqliteConnection(raw)
         if not self._migrated:
-            from .records import migrate
             migrate(conn, "sqlite")
             self._migrated = True
         return conn
@@ -181,7 +166,6 @@ class PostgresDatabase:
     def connect(self) -> PostgresConnection:
         conn = PostgresConnection(self._psycopg.connect(self.url, **self._connect_args()))
         if not self._migrated:
-            from .records import migrate
             try:
                 migrate(conn, "postgresql")
             except BaseException:

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import Forbidden, InvalidInput, NotFound, Unavailable
-from .database import Connection
-from .records import labels, request_records, set_feedback
+from .records import Connection, labels, request_records, set_feedback
 from .writer import LabelsFor, Writer
 
 log = logging.getLogger("service.inputlog")

@@ -15,8 +15,8 @@ from typing import Any
 
 from ..blobstore import BlobStore, BlobStoreError, LocalBlobStore, S3BlobStore, make_s3_client
 from ..config import InputLogSettings, S3Settings
-from .database import Connection
-from .records import ImageRow, known_image, mark_pruned, oldest_stored, utc_now
+from .records import (Connection, ImageRow, known_image, mark_pruned, oldest_stored,
+                      utc_now)
 
 log = logging.getLogger("service.inputlog")
 

@@ -6,12 +6,28 @@ connection); the schema is one text with its few type names filled in per dialec
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from datetime import datetime, timezone
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterator, NamedTuple, Protocol, Sequence
 
-from .database import MIGRATION_LOCK, Connection
+MIGRATION_LOCK = 7_349_113   # pg_advisory_xact_lock's key: one migrator at a time
+
+
+class Cursor(Protocol):
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+
+
+class Connection(Protocol):
+    """What records.py calls; rows are read by column name (``row["sha256"]``)."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor: ...
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+    def transaction(self) -> contextlib.AbstractContextManager[Any]: ...
+    def close(self) -> None: ...
+
 
 # Type names per dialect: PostgreSQL's REAL is 4 bytes, and its row ids need an identity.
 DIALECTS = {"sqlite": {"id": "INTEGER PRIMARY KEY", "real": "REAL"},

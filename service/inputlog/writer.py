@@ -26,10 +26,10 @@ from ..blobstore import BlobStoreError
 from ..cluster.progress import WriterProgress
 from ..config import InputLogSettings
 from ..dataplane import Instance, ModelResult, RequestContext
-from .database import Connection, Database, first_line
+from .database import Database, first_line
 from .images import Images, StoredImage
-from .records import (ImageRow, PredictionRow, bytes_stored, has_labels, save_labels, utc_time,
-                      write_batch)
+from .records import (Connection, ImageRow, PredictionRow, bytes_stored, has_labels,
+                      save_labels, utc_time, write_batch)
 
 log = logging.getLogger("service.inputlog")
 
@@ -255,16 +255,23 @@ class Writer:
 
     def _database_down(self, exc: Exception, pause: float) -> None:
         """Count a failed attempt; log the first of an outage, then every DROP_LOG_INTERVAL_S."""
-        now = time.monotonic()
         with self._lock:
             self.counters.database_errors += 1
-            due = now - self._last_drop_log.get("db_down", -DROP_LOG_INTERVAL_S) >= DROP_LOG_INTERVAL_S
-            if due:
-                self._last_drop_log["db_down"] = now
+            due = self._log_due("db_down")
         if due:
             log.warning("input log database %s is unavailable (%s): %d record(s) wait in the "
                         "queue (bound %d); retrying in %.2f s", self.db.describe(),
-                        first_line(exc), self._queue.qsize(), self.settings.queue_size, pause)
+                        first_line(exc), self._queue.qsize() + self._in_hand,
+                        self.settings.queue_size, pause)
+
+    def _log_due(self, what: str) -> bool:
+        """Whether a line about ``what`` may be logged now (under ``_lock``): the first at
+        once, then one every DROP_LOG_INTERVAL_S."""
+        now = time.monotonic()
+        if now - self._last_drop_log.get(what, -DROP_LOG_INTERVAL_S) < DROP_LOG_INTERVAL_S:
+            return False
+        self._last_drop_log[what] = now
+        return True
 
     def _collect(self, conn: Connection, batch: list[Pending]
                  ) -> tuple[dict[str, StoredImage], list[PredictionRow]]:
@@ -356,13 +363,10 @@ class Writer:
             self._mark_done(pending.seq)
 
     def _drop(self, reason: str, records: int, error: Exception | None = None) -> None:
-        now = time.monotonic()
         with self._lock:
             self.counters.dropped[reason] += records
             total = self.counters.dropped[reason]
-            due = now - self._last_drop_log.get(reason, -DROP_LOG_INTERVAL_S) >= DROP_LOG_INTERVAL_S
-            if due:
-                self._last_drop_log[reason] = now
+            due = self._log_due(reason)
         if due:  # the first drop at once, then a summary at most every DROP_LOG_INTERVAL_S
             detail = f": {getattr(error, 'message', None) or error}" if error else ""
             log.warning("input log dropped %d record(s) (%s, %d so far)%s", records, reason,

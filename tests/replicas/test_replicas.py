@@ -34,7 +34,8 @@ def replicas(tmp_path_factory):
         require_server(server).cleanup()
     cluster = LocalReplicas(prefix=tmp_path_factory.mktemp("replicas"), port=free_port(),
                             keys=True, poll_interval_s=POLL_S,
-                            extra_config="[ratelimit]\ntarpit_s = 0\n")
+                            extra_config="[ratelimit]\ntarpit_s = 0\n"
+                                         "[model:digits-cnn]\nmin_accuracy = 0.9\n")
     try:
         cluster.start()
     except BaseException:
@@ -81,9 +82,13 @@ def all_recorded(replicas: LocalReplicas, request_ids, timeout: float = 60) -> C
                                  "requests without a record")
 
 
-def serving(replica, key: str) -> int | None:
+def model(replica, key: str) -> dict:
     return requests.get(replica.url + "/v1/models/digits-cnn", headers=bearer(key),
-                        timeout=10).json()["serving"]
+                        timeout=10).json()
+
+
+def serving(replica, key: str) -> int | None:
+    return model(replica, key)["serving"]
 
 
 def test_predictions_spread_over_both_and_each_has_its_record_in_postgresql(replicas, key):
@@ -183,6 +188,12 @@ def test_a_version_published_to_s3_is_served_by_both_within_a_poll_interval(repl
     assert traffic.versions[3] > 0
     # the next look at the bucket, plus the load and warm-up of the graph
     assert took <= POLL_S + 3.0, f"{took:.1f} s"
+    # A newer version that fails the QA gate is refused by both; both keep serving 3.
+    replicas.publish(build_version(tmp_path / "gated", 4, "qa_gate"), "digits-cnn", 4)
+    for replica in replicas.replicas:
+        failure = wait_for(lambda: model(replica, key)["last_reload_failure"], timeout=30,
+                           what=f"{replica.name} refusing version 4")
+        assert failure["version"] == 4 and model(replica, key)["serving"] == 3
 
 
 def test_kill_9_of_a_replica_under_load_fails_no_request_and_leaves_no_partial_record(
