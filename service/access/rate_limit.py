@@ -96,16 +96,16 @@ class BucketLimiter:
         if not (limits.requests_per_s or limits.max_in_flight):
             return False
 
+        rate, cap = limits.requests_per_s, limits.max_in_flight
+        burst = limits.requests_burst or max(1.0, rate)
+
         def step(now: float) -> bool:
-            if limits.requests_per_s:
-                burst = limits.requests_burst or max(1.0, limits.requests_per_s)
-                wait = self._take(REQUESTS, client, limits.requests_per_s, burst, 1, now)
-                if wait:
-                    raise _limited(f"more than {limits.requests_per_s:g} requests a second", wait)
-            if not limits.max_in_flight:
+            wait, busy = self._admit(client, rate, burst, cap, now)
+            if wait:
+                raise _limited(f"more than {rate:g} requests a second", wait)
+            if not cap:
                 return False
-            busy = self._claim(client, limits.max_in_flight, now)
-            if busy >= limits.max_in_flight:
+            if busy >= cap:
                 raise Overloaded(f"This client already has {busy} requests in progress, its "
                                  "limit; wait for one to finish.", "too_many_in_flight")
             return True
@@ -144,6 +144,16 @@ class BucketLimiter:
         """Count one more request of ``client`` in flight unless ``cap`` already are; return
         how many were in flight before (``>= cap``: nothing was counted)."""
         raise NotImplementedError
+
+    def _admit(self, client: str, rate: float, burst: float, cap: int,
+               now: float) -> tuple[float, int]:
+        """A request's token (when ``rate``), then its in-flight slot (when ``cap`` and the
+        token was taken): (seconds to wait, or 0; in flight before). A backend may do both
+        at once (Redis: one script, one round trip)."""
+        wait = self._take(REQUESTS, client, rate, burst, 1, now) if rate else 0.0
+        if wait or not cap:
+            return wait, 0
+        return 0.0, self._claim(client, cap, now)
 
     def _release(self, client: str, now: float) -> None:
         """Count one request fewer in flight (never fewer than 0)."""
