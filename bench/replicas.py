@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 from bench import run as base  # noqa: E402  (after the path)
 from bench import sections  # noqa: E402
 from bench.workers import cpu_seconds, process_tree  # noqa: E402
+from service.replicas.local import LocalReplicas, wait_ready  # noqa: E402
 
 SECTION = "replicas"
 CLIENTS = 32
@@ -68,29 +69,14 @@ def start_embedded(workdir: Path) -> tuple[subprocess.Popen, Endpoint]:
                    for name, values in moved.items())
     config.write_text(text + LIMITS)
     endpoint = Endpoint(base.free_port())
-    log = open(workdir / "embedded.log", "wb")
+    log_path = workdir / "embedded.log"
+    log = open(log_path, "wb")
     proc = subprocess.Popen([sys.executable, "-m", "service", "cluster", "--config", str(config),
                              "--port", str(endpoint.port), "--workers", "2",
                              "--prefix", str(workdir / "front")], cwd=REPO, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
-    wait_ready(endpoint, proc)
+    wait_ready(endpoint.url, proc, log_path, name="cluster --workers 2")
     return proc, endpoint
-
-
-def wait_ready(endpoint: Endpoint, proc: subprocess.Popen | None, timeout: float = 300) -> None:
-    import requests
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the target exited with {proc.returncode}")
-        try:
-            if requests.get(endpoint.url + "/readyz", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError("the target did not become ready")
 
 
 def load(endpoint: Endpoint, kind: str, seconds: float, batch_file: Path) -> dict[str, Any]:
@@ -214,8 +200,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per load")
     parser.add_argument("--out", type=Path, default=REPO / "bench")
     args = parser.parse_args(argv)
-    from service.replicas.local import LocalReplicas
-
     workdir = Path(tempfile.mkdtemp(prefix="bench-replicas-"))
     batch_file = workdir / "batch64.json"
     batch_file.write_bytes(base.batch_payload(BATCH))

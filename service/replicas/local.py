@@ -31,6 +31,22 @@ READY_TIMEOUT_S = 300.0
 REPLICA_STOP_S = 60.0
 
 
+def wait_ready(url: str, proc: subprocess.Popen | None, log_path: Path,
+               timeout: float = READY_TIMEOUT_S, name: str = "the service") -> None:
+    """Until ``url``/readyz answers 200; RuntimeError with the log's tail if ``proc`` exits
+    first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and (proc is None or proc.poll() is None):
+        try:
+            if requests.get(url + "/readyz", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
+    raise RuntimeError(f"{name} did not become ready:\n{tail}")
+
+
 def say(line: str) -> None:
     print(f"replicas: {line}", file=sys.stderr, flush=True)
 
@@ -112,18 +128,7 @@ class LocalReplicas:
         log.close()
 
     def wait_ready(self, replica: Replica, timeout: float = READY_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if replica.proc is not None and replica.proc.poll() is not None:
-                break
-            try:
-                if requests.get(replica.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        tail = replica.log_path.read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"{replica.name} did not become ready:\n{tail}")
+        wait_ready(replica.url, replica.proc, replica.log_path, timeout, replica.name)
 
     def stop(self) -> None:
         """nginx first (no new requests), then the replicas (they drain), then the stores."""

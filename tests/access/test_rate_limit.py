@@ -69,3 +69,50 @@ def test_changed_limits_start_a_fresh_bucket():
     with pytest.raises(RateLimited):
         limiter.enter("a", RateLimits(requests_per_s=1.0))
     limiter.enter("a", RateLimits(requests_per_s=5.0, requests_burst=5.0))
+
+
+def refusals(limiter) -> list:
+    """What ``limiter`` answers to a fixed sequence of calls that ends in every refusal
+    (each backend's test compares it with the memory backend's, over a frozen clock)."""
+    limits = RateLimits(requests_per_s=2.0, images_per_s=1.0, images_burst=3.0,
+                        max_in_flight=1)
+    seen = []
+    for call in (lambda: limiter.enter("a", limits),          # admitted, in flight
+                 lambda: limiter.enter("a", limits),          # over the cap
+                 lambda: limiter.enter("a", limits),          # over the rate
+                 lambda: limiter.charge_images("a", limits, 2, 8),
+                 lambda: limiter.charge_images("a", limits, 2, 8),
+                 lambda: limiter.charge_images("a", limits, 4, 8)):
+        try:
+            seen.append(call())
+        except (RateLimited, Overloaded) as exc:
+            seen.append((exc.status, exc.code, str(exc), exc.headers.get("Retry-After")))
+    assert seen[1][:2] == (503, "too_many_in_flight")
+    assert seen[2][:2] == (429, "rate_limited") and seen[2][3] == "1"
+    assert seen[5][3] == "60"  # 4 images, more than the burst of 3
+    return seen
+
+
+def two_share_one_bucket_and_one_cap(one, two, clock: list[float]) -> None:
+    """Two limiters over one store (two workers, or replicas), moved by ``clock[0]``: one
+    bucket and one in-flight cap between them, not one each."""
+    limits = RateLimits(requests_per_s=5.0)
+    admitted = 0
+    for second in range(3):
+        clock[0] += 1
+        for _ in range(10):
+            for limiter in (one, two):
+                try:
+                    limiter.enter("k", limits)
+                    admitted += 1
+                except RateLimited:
+                    pass
+    assert admitted == 15  # 5 a second, not 5 for each
+    capped = RateLimits(max_in_flight=2)
+    assert one.enter("c", capped) and two.enter("c", capped)
+    with pytest.raises(Overloaded, match="already has 2 requests"):
+        one.enter("c", capped)
+    two.leave("c")
+    assert one.enter("c", capped)
+    with pytest.raises(Overloaded):
+        two.enter("c", capped)

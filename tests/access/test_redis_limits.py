@@ -7,7 +7,6 @@ cannot refill while a test runs.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import threading
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
+import limiter_behaviour
 from service.access import redis_limits
 from service.access.rate_limit import RateLimiter
 from service.access.redis_limits import (GRACE_S, LEASE_S, PREFIX, RETRY_AFTER_S,
@@ -37,18 +37,7 @@ TIMEOUT_S = 5.0
 HUNG_CEILING_S = 10.0  # only a call that waits for a hung Redis without a timeout gets here
 
 
-def _load_behaviour():
-    """test_rate_limit.py as a module of its own, to run its limiter tests on Redis."""
-    path = Path(__file__).with_name("test_rate_limit.py")
-    spec = importlib.util.spec_from_file_location("_rate_limit_behaviour_redis", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-behaviour = _load_behaviour()
-BEHAVIOUR = [test for name, test in sorted(vars(behaviour).items())
-             if name.startswith("test_") and "RateLimiter" in test.__code__.co_names]
+behaviour, BEHAVIOUR = limiter_behaviour.behaviour("_rate_limit_behaviour_redis")
 
 
 @pytest.fixture
@@ -97,26 +86,8 @@ def test_enter_says_whether_the_request_counts_in_flight(redis_url):
 
 
 def test_refusals_are_worded_alike_by_memory_and_redis(redis_url):
-    limits = RateLimits(requests_per_s=2.0, images_per_s=1.0, images_burst=3.0,
-                        max_in_flight=1)
-    answers = []
-    for limiter in (RateLimiter(clock=lambda: NOW), limiter_on(redis_url)):
-        seen = []
-        for call in (lambda: limiter.enter("a", limits),          # admitted, in flight
-                     lambda: limiter.enter("a", limits),          # over the cap
-                     lambda: limiter.enter("a", limits),          # over the rate
-                     lambda: limiter.charge_images("a", limits, 2, 8),
-                     lambda: limiter.charge_images("a", limits, 2, 8),
-                     lambda: limiter.charge_images("a", limits, 4, 8)):
-            try:
-                seen.append(call())
-            except (RateLimited, Overloaded) as exc:
-                seen.append((exc.status, exc.code, str(exc), exc.headers.get("Retry-After")))
-        answers.append(seen)
-    assert answers[0] == answers[1]
-    assert answers[0][1][:2] == (503, "too_many_in_flight")
-    assert answers[0][2][:2] == (429, "rate_limited") and answers[0][2][3] == "1"
-    assert answers[0][5][3] == "60"  # 4 images, more than the burst of 3
+    assert behaviour.refusals(limiter_on(redis_url)) == \
+        behaviour.refusals(RateLimiter(clock=lambda: NOW))
 
 
 def test_the_retry_after_of_a_long_wait_is_the_memory_backends(redis_url):
@@ -135,27 +106,7 @@ def test_the_retry_after_of_a_long_wait_is_the_memory_backends(redis_url):
 def test_two_replicas_share_one_bucket_and_one_cap(redis_url):
     clock = [NOW]
     one, two = (limiter_on(redis_url, f"replica-{i}", clock=lambda: clock[0]) for i in range(2))
-    limits = RateLimits(requests_per_s=5.0)
-    admitted = 0
-    for second in range(3):
-        clock[0] = NOW + second
-        for _ in range(10):
-            for limiter in (one, two):
-                try:
-                    limiter.enter("k", limits)
-                    admitted += 1
-                except RateLimited:
-                    pass
-    assert admitted == 15  # 5 a second, not 5 for each replica
-
-    capped = RateLimits(max_in_flight=2)
-    assert one.enter("c", capped) and two.enter("c", capped)
-    with pytest.raises(Overloaded, match="already has 2 requests"):
-        one.enter("c", capped)
-    two.leave("c")
-    assert one.enter("c", capped)
-    with pytest.raises(Overloaded):
-        two.enter("c", capped)
+    behaviour.two_share_one_bucket_and_one_cap(one, two, clock)
 
 
 def test_a_killed_replicas_leases_expire(redis_url):

@@ -3,7 +3,6 @@ processes. Every clock here is given: a frozen value, or one the test moves in s
 so no result depends on the machine's speed."""
 from __future__ import annotations
 
-import importlib.util
 import logging
 import multiprocessing
 import sqlite3
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import limiter_behaviour
 from service.access.rate_limit import RateLimiter
 from service.access.shared_limits import DB_NAME, SharedRateLimiter, make_limiter
 from service.cluster.identity import Worker
@@ -24,18 +24,7 @@ FORK = multiprocessing.get_context("fork")
 WAIT_S = 60  # for a child's answer; only a hung child ever waits this long
 
 
-def _load_behaviour():
-    """test_rate_limit.py as a module of its own, to run its limiter tests on either backend."""
-    path = Path(__file__).with_name("test_rate_limit.py")
-    spec = importlib.util.spec_from_file_location("_rate_limit_behaviour", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-behaviour = _load_behaviour()
-BEHAVIOUR = [test for name, test in sorted(vars(behaviour).items())
-             if name.startswith("test_") and "RateLimiter" in test.__code__.co_names]
+behaviour, BEHAVIOUR = limiter_behaviour.behaviour("_rate_limit_behaviour")
 
 
 @pytest.fixture(params=["memory", "shared"])
@@ -72,27 +61,8 @@ def test_enter_says_whether_the_request_counts_in_flight(new_limiter):
 
 
 def test_refusals_are_worded_alike_by_both_backends(tmp_path):
-    limits = RateLimits(requests_per_s=2.0, images_per_s=1.0, images_burst=3.0,
-                        max_in_flight=1)
-    answers = []
-    for limiter in (RateLimiter(clock=lambda: NOW),
-                    SharedRateLimiter(tmp_path / DB_NAME, "worker-0", clock=lambda: NOW)):
-        seen = []
-        for call in (lambda: limiter.enter("a", limits),          # admitted, in flight
-                     lambda: limiter.enter("a", limits),          # over the cap
-                     lambda: limiter.enter("a", limits),          # over the rate
-                     lambda: limiter.charge_images("a", limits, 2, 8),
-                     lambda: limiter.charge_images("a", limits, 2, 8),
-                     lambda: limiter.charge_images("a", limits, 4, 8)):
-            try:
-                seen.append(call())
-            except (RateLimited, Overloaded) as exc:
-                seen.append((exc.status, exc.code, str(exc), exc.headers.get("Retry-After")))
-        answers.append(seen)
-    assert answers[0] == answers[1]
-    assert answers[0][1][:2] == (503, "too_many_in_flight")
-    assert answers[0][2][:2] == (429, "rate_limited") and answers[0][2][3] == "1"
-    assert answers[0][5][3] == "60"  # 4 images, more than the burst of 3
+    shared = SharedRateLimiter(tmp_path / DB_NAME, "worker-0", clock=lambda: NOW)
+    assert behaviour.refusals(shared) == behaviour.refusals(RateLimiter(clock=lambda: NOW))
 
 
 # -- shared by limiters of one file ---------------------------------------------------------
@@ -100,25 +70,7 @@ def test_two_workers_share_one_bucket_and_one_cap(tmp_path):
     clock = [NOW]
     one, two = (SharedRateLimiter(tmp_path / DB_NAME, f"worker-{i}", clock=lambda: clock[0])
                 for i in range(2))
-    limits = RateLimits(requests_per_s=5.0)
-    admitted = 0
-    for second in range(3):
-        clock[0] = NOW + second
-        for _ in range(10):
-            for limiter in (one, two):
-                try:
-                    limiter.enter("k", limits)
-                    admitted += 1
-                except RateLimited:
-                    pass
-    assert admitted == 15  # 5 a second, not 5 for each worker
-
-    capped = RateLimits(max_in_flight=2)
-    assert one.enter("c", capped) and two.enter("c", capped)
-    with pytest.raises(Overloaded, match="already has 2 requests"):
-        one.enter("c", capped)
-    two.leave("c")
-    assert one.enter("c", capped)
+    behaviour.two_share_one_bucket_and_one_cap(one, two, clock)
 
 
 def test_forget_worker_deletes_only_that_workers_counts(tmp_path):
