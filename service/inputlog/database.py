@@ -16,15 +16,12 @@ migrate it once.
 from __future__ import annotations
 
 import contextlib
-import logging
 import sqlite3
 from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
 
 from ..errors import Unavailable
 from .records import Connection, migrate
-
-log = logging.getLogger("service.inputlog")
 
 DB_NAME = "inputlog.sqlite3"
 SQLITE_BUSY_TIMEOUT_S = 5.0

@@ -37,6 +37,10 @@ class InputLog:
         self.writer.start()
         log.info("input log records in %s (images: %s)", self.db.describe(),
                  self.images.describe())
+        if self.db.shared and self.settings.backend == "local" and not self.settings.metadata_only:
+            log.warning("the input log's records are shared ([inputlog] database_url) but its "
+                        "images stay on this machine: other replicas' exports will miss them "
+                        "(set backend = \"s3\")")
 
     def stop(self, timeout: float = 30.0) -> None:
         """Write everything still queued (up to ``timeout``), then stop the writer."""

@@ -79,7 +79,7 @@ class LocalReplicas:
     keys: bool = False               # API keys on, in PostgreSQL
     poll_interval_s: float = 5.0     # each replica looks in the bucket for new versions
     python: str = sys.executable
-    replicas: list[Replica] = field(default_factory=list)
+    replicas: list[Replica] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         self.prefix = Path(self.prefix).resolve()

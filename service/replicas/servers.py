@@ -6,6 +6,7 @@ each with its data in a directory of its own that is deleted when it stops, on a
 """
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import shutil
@@ -16,6 +17,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from ..cluster.supervisor import die_with_parent
 
 START_TIMEOUT_S = 60.0
 
@@ -76,8 +79,12 @@ class BackingServer:
     def start(self) -> "BackingServer":
         self.prepare()
         with open(self.log_path, "ab") as log:
+            # Its own session (a terminal's Ctrl-C is for whoever started it), and gone with
+            # the process that started it, even by kill -9.
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                          env=self.env(), start_new_session=True,
+                                         preexec_fn=functools.partial(die_with_parent,
+                                                                      os.getpid()),
                                          **self.identity())
         _wait(self.ready, self.proc, self.name, self.log_path)
         return self

@@ -14,10 +14,10 @@ from .. import logs, metrics
 from ..access.redis_limits import in_flight_lease
 from ..access.shared_limits import make_limiter
 from ..config import REPLICA_ENV, REPLICA_ID, REPO_ROOT, Settings, load_settings
-from ..errors import ConfigError
 from ..cluster.identity import Worker
 from ..cluster.progress import WriterProgress
 from ..dataplane import DataPlane
+from ..errors import ConfigError
 from ..inputlog import InputLog
 from ..models.registry import ModelRegistry
 from ..models.store import LocalStore, ModelStore, S3Store
