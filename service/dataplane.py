@@ -30,6 +30,25 @@ class Instance:
     crop: float | None = None
 
 
+class TensorRow:
+    """An :class:`Instance` for a row that came preprocessed: its bytes are the row as a PNG,
+    encoded only when a sink reads them -- on the input log's writer thread, not the
+    request's (a 256-row batch would otherwise pay 256 encodes before its answer)."""
+
+    __slots__ = ("row", "_png")
+    x = y = crop = None
+
+    def __init__(self, row: np.ndarray):
+        self.row = row  # the request's own array: nobody changes it once predicted
+        self._png: bytes | None = None
+
+    @property
+    def data(self) -> bytes:
+        if self._png is None:
+            self._png = preview.to_png(self.row, scale=1)
+        return self._png
+
+
 class Prediction(NamedTuple):
     """One image's answer from one model (a tuple: a batch builds hundreds of them)."""
 
@@ -150,7 +169,7 @@ class DataPlane:
                        context: RequestContext | None = None,
                        version: int | None = None) -> ModelResult:
         """Run one model on inputs already shaped like its input (N, *input shape): no
-        decoding, no preprocessing. The input log keeps each row as a PNG (preview.to_png)."""
+        decoding, no preprocessing. The input log keeps each row as a PNG (:class:`TensorRow`)."""
         started = time.monotonic()
         self._admit(len(inputs), context)
         with self.registry.lease([model_name]) as models:
@@ -162,7 +181,7 @@ class DataPlane:
             reply = model.submit(ready.inputs, deadline)
             result = self._result(model, _check_top_k(top_k, len(model.labels)), ready, reply,
                                   started, deadline)
-        instances = [Instance(preview.to_png(row, scale=1)) for row in shaped]
+        instances = [TensorRow(row) for row in shaped]
         self._report(context, instances, {model.name: result})
         return result
 

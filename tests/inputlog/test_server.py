@@ -11,6 +11,11 @@ from inputlog_support import DIGIT2, DIGIT7, PHOTO, integrity, query, sha, store
 from support import ServerProcess, free_port
 
 
+# Two rows shaped like the CNN's input: a vertical bar, then the same bar at half intensity.
+TENSOR = [1.0 if col == 14 else 0.0 for _row in range(28) for col in range(28)] + \
+         [0.5 if col == 14 else 0.0 for _row in range(28) for col in range(28)]
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -34,6 +39,10 @@ def every_route(url: str) -> dict[str, tuple[str, int]]:
                           {"json": {"requests": [{"image": b64(DIGIT7)}, {"image": b64(DIGIT2)}]}}, 2),
         "classify-idx": (requests.get, "/mnist/classify/42", {}, 1),
         "html": (requests.post, "/result", {"files": {"image": ("d.png", DIGIT7)}}, 2),
+        # Already preprocessed: the log keeps each row as a PNG of the model's input.
+        "v2-fp32": (requests.post, "/v2/models/digits-cnn/infer",
+                    {"json": {"inputs": [{"name": "image", "datatype": "FP32",
+                                          "shape": [2, 28, 28, 1], "data": TENSOR}]}}, 2),
     }
     seen = {}
     for name, (method, route, kwargs, records) in calls.items():
@@ -70,6 +79,24 @@ def test_every_predict_route_and_body_kind_is_logged(logged_server):
     models = query(logdir, "SELECT model FROM predictions WHERE request_id = ?", (html,))
     assert sorted(r[0] for r in models) == ["digits-cnn", "digits-rnn"]
     assert integrity(logdir) == "ok"
+
+
+def test_preprocessed_rows_are_kept_as_pngs_of_the_model_input(logged_server):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    logdir, expected = logged_server[:2]
+    infer = next(rid for rid, (route, _) in expected.items() if route.startswith("/v2/"))
+    rows = query(logdir, "SELECT p.instance, p.image_format, p.image_width, i.key FROM "
+                         "predictions p JOIN images i ON i.sha256 = p.image_sha256 "
+                         "WHERE request_id = ? ORDER BY instance", (infer,))
+    assert [(r["image_format"], r["image_width"]) for r in rows] == [("PNG", 28)] * 2
+    for row, peak in zip(rows, (255, 128)):
+        pixels = np.asarray(Image.open(io.BytesIO((logdir / row["key"]).read_bytes())))
+        assert pixels.shape == (28, 28) and pixels[:, 14].min() >= peak - 1
+        assert pixels[:, 13].max() == 0
 
 
 def test_the_server_stores_each_distinct_image_once(logged_server):
