@@ -186,8 +186,9 @@ def test_a_version_published_to_s3_is_served_by_both_within_a_poll_interval(repl
         traffic.wait_answers(20)
     assert traffic.failures == [], traffic.failures[:5]
     assert traffic.versions[3] > 0
-    # the next look at the bucket, plus the load and warm-up of the graph
-    assert took <= POLL_S + 3.0, f"{took:.1f} s"
+    # The next look at the bucket (each replica's within POLL_S), plus the download, load
+    # and warm-up of the graph (a ceiling against a hang, generous for a busy machine).
+    assert took <= POLL_S + 6.0, f"{took:.1f} s"
     # A newer version that fails the QA gate is refused by both; both keep serving 3.
     replicas.publish(build_version(tmp_path / "gated", 4, "qa_gate"), "digits-cnn", 4)
     for replica in replicas.replicas:
