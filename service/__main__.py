@@ -126,8 +126,8 @@ def _add_replicas_parser(commands: Subcommands) -> None:
     replicas.add_argument("--port", type=int, default=8080, help="nginx listens here (8080)")
     replicas.add_argument("--replicas", type=int, default=2, metavar="N", help="(2)")
     replicas.add_argument("--keys", action="store_true",
-                          help="API keys on, in PostgreSQL (`keys add --config "
-                               "PREFIX/replica.conf NAME`)")
+                          help="API keys on, in PostgreSQL (`keys --config "
+                               "PREFIX/replica.conf add NAME`)")
     replicas.add_argument("--poll-interval", type=float, default=5.0, metavar="S",
                           help="each replica looks for new versions in the bucket this often")
     replicas.add_argument("--prefix", type=Path, default=REPO_ROOT / "var" / "replicas",
