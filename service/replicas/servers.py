@@ -2,7 +2,8 @@
 
 What ``make replicas`` runs the replicas on, and what the tests start: the real servers (the
 Debian ``postgresql`` and ``redis-server`` packages, moto's S3 server from the virtualenv),
-each with its data in a directory of its own that is deleted when it stops, on a free port.
+each on a free port with its data in a directory of its own, which ``cleanup()`` deletes
+(``stop()`` keeps it: a stopped server starts again with its data, as after an outage).
 """
 from __future__ import annotations
 
