@@ -209,3 +209,12 @@ def require_server(cls: type, *args, **kwargs):
         if os.environ.get("CI") == "true":
             pytest.fail(str(exc))
         pytest.skip(str(exc))
+
+
+def metric_sum(url: str, name: str) -> float:
+    """The sum of every sample of ``name`` (any labels) in ``url``/metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(url + "/metrics", timeout=10).text
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               for sample in family.samples if sample.name == name)

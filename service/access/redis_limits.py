@@ -241,9 +241,17 @@ def in_flight_lease(service: ServiceSettings) -> float:
     return max(LEASE_S, 2 * (service.client_timeout_s + service.request_timeout_s))
 
 
+_DEFAULT_REPLICA: tuple[int, str] = (0, "")  # (pid, name): asked once per process
+
+
 def default_replica() -> str:
-    """This process among every replica's: host and pid (a restarted one is a new replica)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """This process among every replica's: host and pid (a restarted one is a new replica).
+    Kept per pid: the request path asks at each lease, and a daemon forks after start-up."""
+    global _DEFAULT_REPLICA
+    pid = os.getpid()
+    if _DEFAULT_REPLICA[0] != pid:
+        _DEFAULT_REPLICA = (pid, f"{socket.gethostname()}:{pid}")
+    return _DEFAULT_REPLICA[1]
 
 
 def redacted(url: str) -> str:

@@ -18,7 +18,7 @@ from model_versions import build_version
 from service.access.keys import add_key
 from service.replicas.local import LocalReplicas
 from service.replicas.servers import PostgresServer, RedisServer, free_port
-from support import FIXTURES, REPO, require_nginx, require_server, wait_for
+from support import FIXTURES, REPO, metric_sum, require_nginx, require_server, wait_for
 from traffic import Traffic
 
 POLL_S = 3.0          # each replica's look at the bucket for new versions
@@ -216,14 +216,8 @@ def test_kill_9_of_a_replica_under_load_fails_no_request_and_leaves_no_partial_r
     replicas.wait_ready(victim)
 
 
-def metric(url: str, name: str) -> float:
-    text = requests.get(url + "/metrics", timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name) and not line.startswith("#"))
-
-
 def test_postgresql_stopped_for_10_s_under_load_loses_nothing(replicas, key):
-    before = sum(metric(r.url, "digits_inputlog_database_errors_total")
+    before = sum(metric_sum(r.url, "digits_inputlog_database_errors_total")
                  for r in replicas.replicas)
     with Traffic(replicas.url, clients=4, headers=bearer(key), pause_s=0.02) as traffic:
         traffic.wait_answers(10)
@@ -236,10 +230,11 @@ def test_postgresql_stopped_for_10_s_under_load_loses_nothing(replicas, key):
     assert traffic.failures == [], traffic.failures[:5]
     assert answered_while_down > 20
     all_recorded(replicas, traffic.request_ids)
-    after = sum(metric(r.url, "digits_inputlog_database_errors_total") for r in replicas.replicas)
+    after = sum(metric_sum(r.url, "digits_inputlog_database_errors_total")
+                for r in replicas.replicas)
     assert after > before  # the outage is counted
     for replica in replicas.replicas:
-        assert metric(replica.url, "digits_inputlog_dropped_total") == 0
+        assert metric_sum(replica.url, "digits_inputlog_dropped_total") == 0
 
 
 def test_redis_stopped_fails_open_and_counts_then_limits_again(replicas):
@@ -252,10 +247,12 @@ def test_redis_stopped_fails_open_and_counts_then_limits_again(replicas):
                             timeout=10).status_code
 
     assert status() == 429
-    before = sum(metric(r.url, "digits_ratelimit_backend_errors_total") for r in replicas.replicas)
+    before = sum(metric_sum(r.url, "digits_ratelimit_backend_errors_total")
+                 for r in replicas.replicas)
     replicas.redis.stop()
     assert [status() for _ in range(6)] == [200] * 6  # fail_open: served unchecked
-    after = sum(metric(r.url, "digits_ratelimit_backend_errors_total") for r in replicas.replicas)
+    after = sum(metric_sum(r.url, "digits_ratelimit_backend_errors_total")
+                for r in replicas.replicas)
     assert after >= before + 6
     replicas.redis.start()  # empty, on the same port; the replicas are not restarted
     assert [status() for _ in range(3)] == [200, 200, 429]
