@@ -15,8 +15,9 @@ import logging
 import queue
 import re
 import sys
+import threading
 from datetime import datetime, timezone
-from logging.handlers import QueueHandler, QueueListener, RotatingFileHandler
+from logging.handlers import QueueHandler, RotatingFileHandler
 from typing import TYPE_CHECKING, Any
 
 from .config import LogSettings
@@ -70,13 +71,19 @@ def formatter_for(settings: LogSettings) -> logging.Formatter:
     return JsonFormatter() if settings.format == "json" else TextFormatter()
 
 
+LINGER_S = 0.02  # once a record arrives, the writer waits this long for more
+
+
 class LogWriter:
     """Writes the service's log records on one background thread once started.
 
-    With 32 request threads each logging an access line and a prediction line, a handler's
-    lock held across a write() becomes a queue of its own; with the writer, a request thread
-    only enqueues. Before ``start`` (e.g. before the daemon fork: threads do not survive it)
-    and after ``stop`` (the engine's last words), records are written directly, so none is lost.
+    A request thread only enqueues its records (two a request: the access line and the
+    prediction). The writer wakes once per burst, not per record: it lingers ``LINGER_S``
+    after the first, then formats what came and writes it with one write and one flush per
+    handler -- under load, a few wake-ups a second instead of two a request, each of which
+    the request threads would wait on for the interpreter lock. Before ``start`` (e.g.
+    before the daemon fork: threads do not survive it) and after ``stop`` (the engine's last
+    words), records are written directly, so none is lost.
     """
 
     def __init__(self, loggers: list[logging.Logger], handlers: list[logging.Handler]):
@@ -84,19 +91,23 @@ class LogWriter:
         self.handlers = handlers
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._enqueue = _Enqueue(self._queue)
-        self._listener: QueueListener | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     def start(self) -> None:
-        if self._listener is None and self.handlers:
-            self._listener = QueueListener(self._queue, *self.handlers)
-            self._listener.start()
+        if self._thread is None and self.handlers:
+            self._stopping.clear()
+            self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+            self._thread.start()
             self._swap(self.handlers, [self._enqueue])
 
     def stop(self) -> None:
-        if self._listener is not None:
+        if self._thread is not None:
             self._swap([self._enqueue], self.handlers)
-            self._listener.stop()  # writes out whatever is still queued
-            self._listener = None
+            self._stopping.set()
+            self._queue.put(_STOP)
+            self._thread.join()  # it writes out whatever is still queued
+            self._thread = None
 
     def _swap(self, old: list[logging.Handler], new: list[logging.Handler]) -> None:
         for logger in self.loggers:
@@ -105,13 +116,63 @@ class LogWriter:
             for handler in new:
                 logger.addHandler(handler)
 
+    def _run(self) -> None:
+        while True:
+            records = [self._queue.get()]
+            self._stopping.wait(LINGER_S)
+            while True:
+                try:
+                    records.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = _STOP in records
+            records = [r for r in records if r is not _STOP]
+            for handler in self.handlers:
+                write_batch(handler, records)
+            if stop:
+                return
+
+
+_STOP = object()  # the writer's last item: stop() puts it after unhooking the queue
+
+
+def write_batch(handler: logging.Handler, records: list[logging.LogRecord]) -> None:
+    """``records`` through ``handler`` as one write and one flush, if it is a stream (the
+    file's rotation checked once for the batch); any other handler gets them one by one."""
+    if not isinstance(handler, logging.StreamHandler):
+        for record in records:
+            handler.handle(record)
+        return
+    wanted = [r for r in records if r.levelno >= handler.level and handler.filter(r)]
+    if not wanted:
+        return
+    try:
+        text = "".join([handler.format(r) + handler.terminator for r in wanted])
+        with handler.lock:
+            if isinstance(handler, RotatingFileHandler) and handler.maxBytes > 0:
+                handler.stream.seek(0, 2)  # as RotatingFileHandler.shouldRollover does
+                if handler.stream.tell() and handler.stream.tell() + len(text) >= handler.maxBytes:
+                    handler.doRollover()
+            handler.stream.write(text)
+            handler.flush()
+    except Exception:
+        handler.handleError(wanted[-1])
+
+
+class Deferred:
+    """A log message whose parts are fixed when it is made, so that only the writer thread
+    formats it (``str()``); the request thread does not (see ``_Enqueue``)."""
+
+    __slots__ = ()
+
 
 class _Enqueue(QueueHandler):
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        # Resolve the message now (its arguments may change once the call returns); the
-        # writer thread formats the record, exception included.
-        record.msg = record.getMessage()
-        record.args = None
+        # Resolve the message now (its arguments may change once the call returns), unless
+        # it cannot change; the writer thread formats the record, exception included.
+        if not isinstance(record.msg, Deferred):
+            record.msg = record.getMessage()
+            record.args = None
         return record
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import cherrypy
 
 from ..dataplane import DataPlane
-from ..logs import ACCESS_LOGGER, PredictionLog
+from ..logs import ACCESS_LOGGER, Deferred, PredictionLog
 from ..metrics import CONTENT_TYPE, ServiceMetrics
 from ..errors import http_code
 from .dispatch import UNMATCHED
@@ -94,13 +94,33 @@ def _write_access_line(request: Any, response: Any, route: str, status: int, sec
         "client": request.remote.ip, "request_id": headers.get("X-Request-ID"),
         "error": code,
     }
-    # The text line is CherryPy's (Apache combined format) with the duration appended.
-    line = '%s - - %s "%s" %d %s "%s" "%s" %.1fms' % (
-        request.remote.ip or "-", cherrypy.log.time(),
-        str(request.request_line).replace('"', '\\"'), status, size or "-",
-        request.headers.get("Referer", ""), request.headers.get("User-Agent", ""),
-        seconds * 1000)
+    line = AccessLine(time.time(), request.remote.ip, request.request_line, status, size,
+                      request.headers.get("Referer", ""), request.headers.get("User-Agent", ""),
+                      seconds)
     access_log.info(line, extra=fields)
+
+
+class AccessLine(Deferred):
+    """CherryPy's access line (Apache combined format) with the duration appended, formatted
+    by the log writer, not the request thread."""
+
+    __slots__ = ("when", "client", "request_line", "status", "size", "referer", "agent",
+                 "seconds")
+    MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov",
+              "Dec")
+
+    def __init__(self, when: float, client: str | None, request_line: str, status: int,
+                 size: str | None, referer: str, agent: str, seconds: float):
+        self.when, self.client, self.request_line, self.status = when, client, request_line, status
+        self.size, self.referer, self.agent, self.seconds = size, referer, agent, seconds
+
+    def __str__(self) -> str:
+        t = time.localtime(self.when)  # as cherrypy.log.time() dates it
+        date = (f"[{t.tm_mday:02d}/{self.MONTHS[t.tm_mon - 1]}/{t.tm_year:04d}:"
+                f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}]")
+        return '%s - - %s "%s" %d %s "%s" "%s" %.1fms' % (
+            self.client or "-", date, str(self.request_line).replace('"', '\\"'),
+            self.status, self.size or "-", self.referer, self.agent, self.seconds * 1000)
 
 
 # -- handlers (routes.py says which path and method each serves) -------------------------
