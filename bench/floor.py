@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
 """The HTTP floor: CherryPy answering a trivial JSON route, nothing else.
 
-    .venv/bin/python bench/floor.py --port 8099
+    .venv/bin/python bench/floor.py --port 8099 [--one-cpu]
 
 The benchmark's own server, not the product's: the same cheroot settings as the service
 (``CHERRYPY_DEFAULTS``: thread pool, queues, keep-alive limit), the same path as the
 predict route, and a handler that reads the request body and answers a small JSON object.
-What the service costs above this is what its own code costs.
+What the service costs above this is what its own code costs. ``--one-cpu`` runs all its
+threads on one CPU, as the service runs its interpreter threads (service/cpu_placement.py):
+CherryPy as people run it is the yardstick; this says what that placement alone is worth.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -33,7 +36,10 @@ class Floor:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--one-cpu", action="store_true", help="every thread on one CPU")
     args = parser.parse_args()
+    if args.one_cpu:  # before any thread starts: they all inherit it
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     settings = {k: v for k, v in CHERRYPY_DEFAULTS.items() if k != "server.keep_alive_conn_limit"}
     cherrypy.config.update({**settings, "server.socket_port": args.port,
                             "log.screen": False, "log.access_file": "",

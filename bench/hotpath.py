@@ -1,7 +1,8 @@
 """Section (g) of bench/run.py: the service against the HTTP floor, in interleaved rounds.
 
 The floor is bench/floor.py, the benchmark's own CherryPy server answering a trivial JSON
-route with the service's cheroot settings. Four servers run side by side -- the floor, the
+route with the service's cheroot settings. Five servers run side by side -- the floor, the
+floor with all its threads on one CPU (what the service's CPU placement alone is worth), the
 service (one process, its defaults), the service with the input log off, and the service
 with two worker processes -- and each round measures every one of them in turn, so that the
 machine's drifting speed touches all alike; each figure is the median over the rounds, and
@@ -20,8 +21,8 @@ from typing import Any, Callable
 
 from bench import run as base
 
-FLOOR, SERVICE, LOG_OFF, TWO_WORKERS = "floor", "service", "service, input log off", \
-    "service, 2 workers"
+FLOOR, FLOOR_ONE_CPU = "floor", "floor, on one CPU"
+SERVICE, LOG_OFF, TWO_WORKERS = "service", "service, input log off", "service, 2 workers"
 EXTRA_CONFIG: dict[str, dict[str, dict[str, Any]]] = {
     SERVICE: {}, LOG_OFF: {"inputlog": {"enabled": False}},
     TWO_WORKERS: {"service": {"workers": 2}}}
@@ -36,9 +37,10 @@ INPUTLOG_SHARE = 0.95           # input log on vs off
 class FloorServer:
     """bench/floor.py in a subprocess on a free loopback port."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, one_cpu: bool = False):
         self.port = base.free_port()
-        self.log_path = workdir / "floor.log"
+        self.log_path = workdir / ("floor-one-cpu.log" if one_cpu else "floor.log")
+        self.args = ["--one-cpu"] if one_cpu else []
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -52,7 +54,7 @@ class FloorServer:
         """Started beside the TF servers, which take the cores for a while: a long bound."""
         with open(self.log_path, "wb") as handle:
             self.proc = subprocess.Popen([sys.executable, str(base.BENCH_DIR / "floor.py"),
-                                          "--port", str(self.port)], cwd=base.REPO,
+                                          "--port", str(self.port), *self.args], cwd=base.REPO,
                                          stdout=handle, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -72,8 +74,9 @@ class FloorServer:
 
 
 def servers(graph: base.GraphInfo, workdir: Path) -> dict[str, Any]:
-    """The four servers of the section, started side by side (not yet ready)."""
-    made: dict[str, Any] = {FLOOR: FloorServer(workdir)}
+    """The five servers of the section, started side by side (not yet ready)."""
+    made: dict[str, Any] = {FLOOR: FloorServer(workdir),
+                            FLOOR_ONE_CPU: FloorServer(workdir, one_cpu=True)}
     for index, (name, extra) in enumerate(EXTRA_CONFIG.items()):
         made[name] = base.BenchServer(graph, workdir / f"server-{index}", extra)
     return made

@@ -59,8 +59,9 @@ class PoolSettings:
         if not 0 <= self.compute_nice <= 19:
             raise ValueError(f"compute_nice must be from 0 to 19, got {self.compute_nice}")
 
-    def threads_per_session(self) -> int:
-        return self.intra_op_threads or max(1, (os.cpu_count() or 1) // self.pool_size)
+    def threads_per_session(self, cpus: int | None = None) -> int:
+        """Intra-op threads for each of the sessions sharing ``cpus`` (default: all cores)."""
+        return self.intra_op_threads or max(1, (cpus or os.cpu_count() or 1) // self.pool_size)
 
     def for_workers(self, workers: int) -> "PoolSettings":
         """These settings in one of ``workers`` processes: ``intra_op_threads = 0`` means
@@ -110,6 +111,9 @@ class ServiceSettings:
     # What X-Served-By and /v1/models/<m>'s served_by say: this replica's name among many.
     # $DIGITS_REPLICA_ID (serve --replica-id, or a pod's name) beats it; neither: pid-<pid>.
     replica_id: str | None = None
+    # Interpreter threads on one of the process's CPUs, model sessions on the others; a
+    # cluster worker on its share of them (cpu_placement.py). False: the kernel decides.
+    pin_cpus: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "trusted_proxies", trusted_proxies(self.trusted_proxies))

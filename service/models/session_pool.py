@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .. import cpu_placement
 from ..config import PoolSettings
 from ..errors import DeadlineExceeded, Overloaded, Unavailable
 from .batching import STOP, Batcher, Reply, Submission, SubmissionQueue
@@ -296,13 +297,14 @@ class SessionPool:
                                   "before answering", "model_unavailable"))
 
     def _open_session(self) -> _Session:
-        _lower_priority(self.settings.compute_nice)  # inherited by the threads TF starts now
+        _lower_priority(self.settings.compute_nice)  # both inherited by the threads
+        cpu_placement.leave_interpreter_cpu()        # TensorFlow starts now
         import tensorflow as tf  # first imported here, after any daemon fork
 
         from .graph import import_graph, parse_graph_def
 
         graph = import_graph(parse_graph_def(self._graph_def_bytes))
-        threads = self.settings.threads_per_session()
+        threads = self.settings.threads_per_session(cpu_placement.session_cpu_count())
         config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads,
                                           inter_op_parallelism_threads=self.settings.inter_op_threads)
         # Idle TF threads would otherwise spin between runs, on the cores the interpreter's

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import requests
 
+from .. import cpu_placement
 from ..cluster.front import Front, find_nginx, listens, stop_child, write_config
 from ..cluster.supervisor import die_with_parent
 from ..config import REPO_ROOT, config_parser, load_settings
@@ -124,8 +125,14 @@ class LocalReplicas:
              "--port", str(replica.port), "--replica-id", replica.name],
             cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            preexec_fn=functools.partial(die_with_parent, os.getpid()))
+            preexec_fn=functools.partial(_start_replica, os.getpid(), self._cpus(replica)))
         log.close()
+
+    def _cpus(self, replica: Replica) -> list[int]:
+        """The replica's own share of this machine's CPUs, as a container's cpuset would
+        give it: its threads (and TF's) fit them, instead of every replica taking all."""
+        return cpu_placement.share(sorted(cpu_placement.available_cpus()), replica.index,
+                                   self.count)
 
     def wait_ready(self, replica: Replica, timeout: float = READY_TIMEOUT_S) -> None:
         wait_ready(replica.url, replica.proc, replica.log_path, timeout, replica.name)
@@ -210,13 +217,6 @@ class LocalReplicas:
         }
         if self.keys:
             settings["auth"] = {"keys_database_url": url}
-        # The replicas share this machine's cores: TF threads per session as for N workers.
-        base = load_settings(self.base_config) if self.base_config else None
-        for model in (base.models if base else load_settings(None).models):
-            if not model.pool.intra_op_threads and not parser.has_option(
-                    f"model:{model.name}", "intra_op_threads"):
-                threads = model.pool.for_workers(self.count).intra_op_threads
-                settings.setdefault(f"model:{model.name}", {})["intra_op_threads"] = threads
         for section, values in settings.items():
             if not parser.has_section(section):
                 parser.add_section(section)
@@ -241,3 +241,9 @@ class LocalReplicas:
             if self.nginx.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"nginx did not start; see {front.prefix / 'logs'}")
             time.sleep(0.05)
+
+
+def _start_replica(parent: int, cpus: list[int]) -> None:
+    """In the forked child, before exec: die with the launcher, run on ``cpus``."""
+    die_with_parent(parent)
+    os.sched_setaffinity(0, cpus)

@@ -10,10 +10,11 @@ from typing import Any
 import cherrypy
 from cherrypy.process.plugins import Daemonizer, PIDFile
 
-from .. import logs, metrics
+from .. import cpu_placement, logs, metrics
 from ..access.redis_limits import in_flight_lease
 from ..access.shared_limits import make_limiter
-from ..config import REPLICA_ENV, REPLICA_ID, REPO_ROOT, Settings, load_settings
+from ..config import (REPLICA_ENV, REPLICA_ID, REPO_ROOT, ServiceSettings, Settings,
+                      load_settings)
 from ..cluster.identity import Worker
 from ..cluster.progress import WriterProgress
 from ..dataplane import DataPlane
@@ -138,6 +139,7 @@ def mount(settings: Settings, worker: Worker | None = None) -> App:
     config["/"].update({"tools.access.on": True, "tools.access.access": app.access,
                         "request.dispatch": TableDispatcher(TABLE, app)})
     take_over_access_log(cherrypy.tree.mount(app, "/", config))
+    place_threads(service, worker)
     LifecyclePlugin(cherrypy.engine, registry, "stopping model pools").subscribe()
     LifecyclePlugin(cherrypy.engine, app.plane.preparer, "stopping preprocessing").subscribe()
     if inputlog is not None:
@@ -147,11 +149,23 @@ def mount(settings: Settings, worker: Worker | None = None) -> App:
     return app
 
 
+def place_threads(service: ServiceSettings, worker: Worker | None) -> None:
+    """Pin the process's threads at engine start (``[service] pin_cpus``): after any daemon
+    fork (65), before the model sessions start (72) and move themselves to their CPUs."""
+    if not service.pin_cpus:
+        return
+    slot, count = (worker.slot, worker.count) if worker is not None else (0, 1)
+    placement = cpu_placement.plan(cpu_placement.available_cpus(), slot, count)
+    if placement is not None:
+        cherrypy.engine.subscribe("start", lambda: cpu_placement.apply(placement), priority=67)
+
+
 def for_worker(settings: Settings, worker: Worker) -> Settings:
     """``settings`` as one of ``worker.count`` processes sharing the machine: sessions' threads
     split between the workers, and a log file of its own (rotation is per process)."""
-    models = [dataclasses.replace(m, pool=m.pool.for_workers(worker.count))
-              for m in settings.models]
+    # Pinned, each worker's sessions size their threads to the worker's own CPUs.
+    models = settings.models if settings.service.pin_cpus else [
+        dataclasses.replace(m, pool=m.pool.for_workers(worker.count)) for m in settings.models]
     logging_ = settings.logging
     if logging_.file is not None:
         name = f"{logging_.file.stem}.worker-{worker.slot}{logging_.file.suffix}"

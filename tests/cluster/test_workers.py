@@ -17,6 +17,7 @@ import requests
 
 from model_versions import NAME, build_version
 from service.access.keys import add_key
+from service.cpu_placement import share
 from support import REPO, ServerProcess, free_port, wait_for
 from traffic import IMAGE, PNG, Traffic, inputlog_request_ids
 
@@ -102,6 +103,16 @@ def test_the_parent_never_imports_tensorflow(cluster):
     assert len(pids) == 2 and cluster.proc.pid not in pids
     assert all("tensorflow" in maps(pid) for pid in pids)  # each worker loaded it itself
     assert "tensorflow" not in maps(cluster.proc.pid)
+
+
+def test_each_worker_runs_on_its_own_share_of_the_cpus(cluster):
+    cpus = sorted(os.sched_getaffinity(0))
+    for slot, worker in enumerate(sorted(workers(cluster), key=lambda w: w["name"])):
+        mine = set(share(cpus, slot, 2))  # with 2 CPUs, one each: the sessions' threads too
+        tids = os.listdir(f"/proc/{worker['pid']}/task")
+        found = [os.sched_getaffinity(int(tid)) for tid in tids]
+        assert set().union(*found) == mine
+        assert len(cpus) != 2 or all(cpus_ == mine for cpus_ in found)
 
 
 def test_both_workers_answer_and_say_so(cluster):

@@ -18,6 +18,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from service import cpu_placement
 from service.errors import InvalidInput, ServiceError
 
 from .containers import DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS
@@ -101,7 +102,8 @@ class Preparer:
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=max(1, self.threads - 1),
-                                                thread_name_prefix="preprocess")
+                                                thread_name_prefix="preprocess",
+                                                initializer=cpu_placement.leave_interpreter_cpu)
             return self._pool
 
 
