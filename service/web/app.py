@@ -151,7 +151,7 @@ def mount(settings: Settings, worker: Worker | None = None) -> App:
 
 def place_threads(service: ServiceSettings, worker: Worker | None) -> None:
     """Pin the process's threads at engine start (``[service] pin_cpus``): after any daemon
-    fork (65), before the model sessions start (72) and move themselves to their CPUs."""
+    fork (65), before the model sessions start (72), whose threads move back onto them all."""
     if not service.pin_cpus:
         return
     slot, count = (worker.slot, worker.count) if worker is not None else (0, 1)
