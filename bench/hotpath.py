@@ -141,6 +141,9 @@ def summarise(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
             "cpu_ms_per_request": median([r["cpu_ms_per_request"] for r in runs]),
             "share_of_floor": median([r[name]["load"]["requests_per_s"]
                                       / r[FLOOR]["load"]["requests_per_s"] for r in rounds]),
+            "share_of_floor_one_cpu": median([
+                r[name]["load"]["requests_per_s"] / r[FLOOR_ONE_CPU]["load"]["requests_per_s"]
+                for r in rounds]) if FLOOR_ONE_CPU in names else None,
             "p50_over_floor_ms": median([r[name]["latency"]["p50_ms"]
                                          - r[FLOOR]["latency"]["p50_ms"] for r in rounds])}
     summary["inputlog_share"] = median([r[SERVICE]["load"]["requests_per_s"]
@@ -156,13 +159,19 @@ def rows(g: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     f"p99 {base.fmt(m['p99_1_client_ms'], 3)} ms; "
                     f"{base.fmt(m['p50_over_floor_ms'], 3)} ms over the floor"))
         out.append(("g", f"{name}: {base.CLIENTS} clients", f"{base.fmt(m['requests_per_s'])} req/s",
-                    f"{m['share_of_floor']:.3f} of the floor; p50 {base.fmt(m['p50_ms'], 1)} ms, "
+                    f"{m['share_of_floor']:.3f} of the floor{_of_one_cpu(m)}; "
+                    f"p50 {base.fmt(m['p50_ms'], 1)} ms, "
                     f"p99 {base.fmt(m['p99_ms'], 1)} ms, {m['errors']} errors, "
                     f"{base.fmt(m['cpu_ms_per_request'], 3)} ms of CPU per request"))
     if "inputlog_share" in g:
         out.append(("g", "input log on / off, 32 clients", f"{g['inputlog_share']:.3f}",
                     "median of the rounds' ratios"))
     return out
+
+
+def _of_one_cpu(m: dict[str, Any]) -> str:
+    share = m.get("share_of_floor_one_cpu")
+    return f" ({share:.3f} of the one-CPU floor)" if share is not None else ""
 
 
 def targets(g: dict[str, Any], add: Callable[..., None]) -> None:

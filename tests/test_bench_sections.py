@@ -46,3 +46,16 @@ def test_hot_path_ratios_are_taken_per_round_then_the_median():
     assert [v for k, v in met.items() if "no errors" in k] == [False]
     assert [v for k, v in met.items() if "2 workers" in k] == [True]
     assert [v for k, v in met.items() if "one process >=" in k] == [False]
+
+
+def test_hot_path_also_shows_each_server_against_the_one_cpu_floor():
+    from bench import hotpath
+    rounds = [{hotpath.FLOOR: run_of(floor, 0.5), hotpath.FLOOR_ONE_CPU: run_of(one_cpu, 0.5),
+               hotpath.SERVICE: run_of(service, 1.5), hotpath.LOG_OFF: run_of(service, 1.4),
+               hotpath.TWO_WORKERS: run_of(2 * service, 2)}
+              for floor, one_cpu, service in [(1000, 1200, 600), (1000, 1100, 660)]]
+    summary = hotpath.summarise(rounds)
+    service = summary["servers"][hotpath.SERVICE]
+    assert service["share_of_floor"] == 0.63 and service["share_of_floor_one_cpu"] == 0.55
+    assert summary["servers"][hotpath.FLOOR_ONE_CPU]["share_of_floor"] == 1.15
+    assert any("0.550 of the one-CPU floor" in row[3] for row in hotpath.rows(summary))
