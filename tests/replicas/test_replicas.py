@@ -4,6 +4,7 @@ and losing a replica, the database or Redis for a while costs no client request.
 from __future__ import annotations
 
 import base64
+import os
 import subprocess
 import sys
 import threading
@@ -16,6 +17,7 @@ import requests
 
 from model_versions import build_version
 from service.access.keys import add_key
+from service.cpu_placement import share
 from service.replicas.local import LocalReplicas
 from service.replicas.servers import PostgresServer, RedisServer, free_port
 from support import FIXTURES, REPO, metric_sum, require_nginx, require_server, wait_for
@@ -111,6 +113,14 @@ def test_each_replica_says_who_it_is_and_which_version_it_serves(replicas, key):
         body = response.json()
         assert response.headers["X-Served-By"] == body["served_by"] == replica.name
         assert body["serving"] == 2 and body["policy"] == "latest"
+
+
+def test_each_replica_runs_on_its_own_share_of_the_cpus(replicas):
+    cpus = sorted(os.sched_getaffinity(0))
+    for replica in replicas.replicas:
+        tids = os.listdir(f"/proc/{replica.proc.pid}/task")
+        found = [os.sched_getaffinity(int(tid)) for tid in tids]
+        assert set().union(*found) == set(share(cpus, replica.index, len(replicas.replicas)))
 
 
 def test_feedback_on_b_finds_a_prediction_made_on_a(replicas, key):
