@@ -14,13 +14,17 @@ Cluster workers first split the process's CPUs into one share each; a share of o
 the whole worker, its sessions included (measured: better than a worker's sessions on the
 other worker's CPU). A process only divides the CPUs it was given (taskset, a container's
 cpuset, the cluster's shares): standalone processes sharing a machine should each be given
-their own, or run with ``pin_cpus = False``.
+their own, or run with ``pin_cpus = False``. A container whose CPU quota is smaller than the
+CPUs it may run on shares them with others (a Kubernetes pod with a CPU limit but no
+exclusive cpuset): pinning there would put every such pod's interpreter on the node's first
+CPU, so it is left to the kernel (``shared_cpus``).
 """
 from __future__ import annotations
 
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable
 
 log = logging.getLogger("service.cpu")
@@ -41,6 +45,19 @@ def plan(cpus: Iterable[int], slot: int = 0, workers: int = 1) -> Placement | No
     if workers == 1 and len(mine) < 2:
         return None
     return Placement(mine[0], frozenset(mine))
+
+
+def plan_here(slot: int = 0, workers: int = 1) -> Placement | None:
+    """``plan`` on the CPUs this process may run on -- None if a CPU quota says others share
+    them."""
+    cpus = available_cpus()
+    quota = shared_cpus(len(cpus))
+    if quota is not None:
+        log.info("CPU placement off: the CPU quota (%.2f CPUs) is less than the %d CPUs this "
+                 "process may run on, which others share (a cpuset of its own would allow it)",
+                 quota, len(cpus))
+        return None
+    return plan(cpus, slot, workers)
 
 
 def share(cpus: list[int], slot: int, count: int) -> list[int]:
@@ -76,6 +93,44 @@ def leave_interpreter_cpu() -> None:
 def session_cpu_count() -> int:
     """How many CPUs the model sessions share: the process's, once placed."""
     return len(_applied.share) if _applied is not None else len(available_cpus())
+
+
+def shared_cpus(cpus: int, proc: Path = Path("/proc/self/cgroup"),
+                cgroups: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The process's CPU quota in CPUs when it is smaller than the ``cpus`` it may run on
+    (they are shared with others), else None: cgroup v2's ``cpu.max``, or v1's
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``."""
+    quota = _cgroup_quota(proc, cgroups)
+    return quota if quota is not None and quota < cpus else None
+
+
+def _cgroup_quota(proc: Path, cgroups: Path) -> float | None:
+    try:
+        lines = proc.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        relative = path.lstrip("/")
+        if controllers == "":  # v2: "max 100000" or "200000 100000"
+            for where in (cgroups / relative, cgroups):
+                fields = _read(where / "cpu.max").split()
+                if len(fields) == 2:
+                    return None if fields[0] == "max" else int(fields[0]) / int(fields[1])
+        elif "cpu" in controllers.split(","):  # v1: quota -1 means none
+            for where in (cgroups / "cpu" / relative, cgroups / "cpu"):
+                quota = _read(where / "cpu.cfs_quota_us")
+                period = _read(where / "cpu.cfs_period_us")
+                if quota and period:
+                    return None if int(quota) < 0 else int(quota) / int(period)
+    return None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
 
 
 def available_cpus() -> set[int]:

@@ -42,6 +42,31 @@ def test_unplaced_sessions_size_to_the_cpus_the_process_may_use():
     assert cpu_placement.session_cpu_count() == len(CPUS)  # nothing applied in this process
 
 
+def cgroup_tree(tmp_path: Path, proc_line: str, files: dict[str, str]) -> tuple[Path, Path]:
+    """A /proc/self/cgroup line and a /sys/fs/cgroup tree holding ``files``."""
+    proc = tmp_path / "cgroup"
+    proc.write_text(proc_line + "\n")
+    for name, text in files.items():
+        (tmp_path / "sys" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "sys" / name).write_text(text + "\n")
+    return proc, tmp_path / "sys"
+
+
+@pytest.mark.parametrize("proc_line, files, cpus, shared", [
+    ("0::/kubepods/pod1", {"kubepods/pod1/cpu.max": "200000 100000"}, 8, 2.0),
+    ("0::/kubepods/pod1", {"kubepods/pod1/cpu.max": "max 100000"}, 8, None),
+    ("0::/", {"cpu.max": "400000 100000"}, 4, None),  # a quota of all its CPUs: not shared
+    ("4:cpu,cpuacct:/docker/abc", {"cpu/cpu.cfs_quota_us": "150000",  # namespaced: the root
+                                   "cpu/cpu.cfs_period_us": "100000"}, 4, 1.5),
+    ("1:cpu:/", {"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, 2, None),
+    ("0::/", {}, 2, None),  # no cpu controller to read: the CPUs are taken as its own
+], ids=["v2-limit", "v2-max", "v2-all", "v1-limit", "v1-none", "unreadable"])
+def test_a_cpu_quota_below_the_cpus_means_they_are_shared(tmp_path, proc_line, files, cpus,
+                                                          shared):
+    proc, cgroups = cgroup_tree(tmp_path, proc_line, files)
+    assert cpu_placement.shared_cpus(cpus, proc, cgroups) == shared
+
+
 def threads(pid: int) -> list[tuple[int, frozenset[int]]]:
     """Each thread of ``pid``: its nice value and the CPUs it may run on."""
     found = []

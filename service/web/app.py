@@ -155,7 +155,7 @@ def place_threads(service: ServiceSettings, worker: Worker | None) -> None:
     if not service.pin_cpus:
         return
     slot, count = (worker.slot, worker.count) if worker is not None else (0, 1)
-    placement = cpu_placement.plan(cpu_placement.available_cpus(), slot, count)
+    placement = cpu_placement.plan_here(slot, count)
     if placement is not None:
         cherrypy.engine.subscribe("start", lambda: cpu_placement.apply(placement), priority=67)
 
