@@ -59,9 +59,10 @@ class PoolSettings:
         if not 0 <= self.compute_nice <= 19:
             raise ValueError(f"compute_nice must be from 0 to 19, got {self.compute_nice}")
 
-    def threads_per_session(self, cpus: int | None = None) -> int:
-        """Intra-op threads for each of the sessions sharing ``cpus`` (default: all cores)."""
-        return self.intra_op_threads or max(1, (cpus or os.cpu_count() or 1) // self.pool_size)
+    def threads_per_session(self) -> int:
+        """Intra-op threads for each session: the calling thread's CPUs, split between the
+        pool's sessions (a session worker calls it on the CPUs its sessions will use)."""
+        return self.intra_op_threads or max(1, usable_cpus() // self.pool_size)
 
     def for_workers(self, workers: int) -> "PoolSettings":
         """These settings in one of ``workers`` processes: ``intra_op_threads = 0`` means
@@ -120,6 +121,13 @@ class ServiceSettings:
         if self.replica_id is not None and not REPLICA_ID.fullmatch(self.replica_id):
             raise ValueError(f"replica_id: {self.replica_id!r} is not a replica id (1-64 "
                              "letters, digits, '.', '_', '-')")
+
+
+def usable_cpus() -> int:
+    """The CPUs the calling thread may run on (taskset, a cpuset, cpu_placement.py)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 REPLICA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

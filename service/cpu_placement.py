@@ -90,11 +90,6 @@ def leave_interpreter_cpu() -> None:
         _pin(0, _applied.share)
 
 
-def session_cpu_count() -> int:
-    """How many CPUs the model sessions share: the process's, once placed."""
-    return len(_applied.share) if _applied is not None else len(available_cpus())
-
-
 def shared_cpus(cpus: int, proc: Path = Path("/proc/self/cgroup"),
                 cgroups: Path = Path("/sys/fs/cgroup")) -> float | None:
     """The process's CPU quota in CPUs when it is smaller than the ``cpus`` it may run on
@@ -105,25 +100,40 @@ def shared_cpus(cpus: int, proc: Path = Path("/proc/self/cgroup"),
 
 
 def _cgroup_quota(proc: Path, cgroups: Path) -> float | None:
+    """The quota of the first cpu controller found in ``proc``'s cgroups; None: unlimited."""
+    for controllers, relative in _cgroups(proc):
+        if controllers == "":
+            base, quota_of = cgroups, _v2_quota
+        elif "cpu" in controllers.split(","):
+            base, quota_of = cgroups / "cpu", _v1_quota
+        else:
+            continue
+        for where in (base / relative, base):  # in a container, its own cgroup is the root
+            try:
+                return quota_of(where)
+            except ValueError:  # no such file here (or not a quota): look further
+                continue
+    return None
+
+
+def _cgroups(proc: Path) -> list[tuple[str, str]]:
+    """(controllers, path relative to the hierarchy) per line of /proc/<pid>/cgroup."""
     try:
         lines = proc.read_text().splitlines()
     except OSError:
-        return None
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        relative = path.lstrip("/")
-        if controllers == "":  # v2: "max 100000" or "200000 100000"
-            for where in (cgroups / relative, cgroups):
-                fields = _read(where / "cpu.max").split()
-                if len(fields) == 2:
-                    return None if fields[0] == "max" else int(fields[0]) / int(fields[1])
-        elif "cpu" in controllers.split(","):  # v1: quota -1 means none
-            for where in (cgroups / "cpu" / relative, cgroups / "cpu"):
-                quota = _read(where / "cpu.cfs_quota_us")
-                period = _read(where / "cpu.cfs_period_us")
-                if quota and period:
-                    return None if int(quota) < 0 else int(quota) / int(period)
-    return None
+        return []
+    return [(parts[1], parts[2].lstrip("/")) for parts in (l.split(":", 2) for l in lines)
+            if len(parts) == 3]
+
+
+def _v2_quota(where: Path) -> float | None:
+    quota, period = _read(where / "cpu.max").split()  # "max 100000" or "200000 100000"
+    return None if quota == "max" else int(quota) / int(period)
+
+
+def _v1_quota(where: Path) -> float | None:
+    quota, period = int(_read(where / "cpu.cfs_quota_us")), int(_read(where / "cpu.cfs_period_us"))
+    return None if quota < 0 else quota / period  # -1: none
 
 
 def _read(path: Path) -> str:

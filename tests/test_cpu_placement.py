@@ -9,6 +9,7 @@ import pytest
 import requests
 
 from service import cpu_placement
+from service.config import PoolSettings
 from service.cpu_placement import Placement, plan, share
 from support import FIXTURES, ServerProcess
 
@@ -39,7 +40,7 @@ def test_shares_cover_every_cpu_once_and_extra_processes_wrap_around():
 
 
 def test_unplaced_sessions_size_to_the_cpus_the_process_may_use():
-    assert cpu_placement.session_cpu_count() == len(CPUS)  # nothing applied in this process
+    assert PoolSettings().threads_per_session() == len(CPUS)  # nothing applied in this process
 
 
 def cgroup_tree(tmp_path: Path, proc_line: str, files: dict[str, str]) -> tuple[Path, Path]:

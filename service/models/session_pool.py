@@ -304,7 +304,7 @@ class SessionPool:
         from .graph import import_graph, parse_graph_def
 
         graph = import_graph(parse_graph_def(self._graph_def_bytes))
-        threads = self.settings.threads_per_session(cpu_placement.session_cpu_count())
+        threads = self.settings.threads_per_session()
         config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads,
                                           inter_op_parallelism_threads=self.settings.inter_op_threads)
         # Idle TF threads would otherwise spin between runs, on the cores the interpreter's

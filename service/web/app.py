@@ -163,9 +163,8 @@ def place_threads(service: ServiceSettings, worker: Worker | None) -> None:
 def for_worker(settings: Settings, worker: Worker) -> Settings:
     """``settings`` as one of ``worker.count`` processes sharing the machine: sessions' threads
     split between the workers, and a log file of its own (rotation is per process)."""
-    # Pinned, each worker's sessions size their threads to the worker's own CPUs.
-    models = settings.models if settings.service.pin_cpus else [
-        dataclasses.replace(m, pool=m.pool.for_workers(worker.count)) for m in settings.models]
+    models = [dataclasses.replace(m, pool=m.pool.for_workers(worker.count))
+              for m in settings.models]
     logging_ = settings.logging
     if logging_.file is not None:
         name = f"{logging_.file.stem}.worker-{worker.slot}{logging_.file.suffix}"
