@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The HTTP floor: CherryPy answering a trivial JSON route, nothing else.
 
-    .venv/bin/python bench/floor.py --port 8099 [--one-cpu]
+    .venv/bin/python bench/floor.py --port 8099 [--one-cpu | --bare]
 
 The benchmark's own server, not the product's: the same cheroot settings as the service
 (``CHERRYPY_DEFAULTS``: thread pool, queues, keep-alive limit), the same path as the
@@ -9,10 +9,15 @@ predict route, and a handler that reads the request body and answers a small JSO
 What the service costs above this is what its own code costs. ``--one-cpu`` runs all its
 threads on one CPU, as the service runs its interpreter threads (service/cpu_placement.py):
 CherryPy as people run it is the yardstick; this says what that placement alone is worth.
+``--bare`` answers the predict path with a plain WSGI callable grafted on the same
+``cherrypy.tree`` and server: cheroot and the tree without CherryPy's request layer (Request
+and Response objects, dispatch, config namespaces, tools and hooks) -- what that layer costs
+of the floor. A measurement, not a way to serve: the service keeps CherryPy's request layer.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -36,10 +41,23 @@ class Floor:
         return {"class": 7, "probability": 1.0, "bytes": len(body)}
 
 
+def bare(environ: dict, start_response) -> list[bytes]:
+    """The same answer as ``Floor.default``, as a WSGI callable."""
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body = environ["wsgi.input"].read(length) if length else b""
+    out = json.dumps({"class": 7, "probability": 1.0, "bytes": len(body)}).encode()
+    start_response("200 OK", [("Content-Type", "application/json"),
+                              ("Content-Length", str(len(out)))])
+    return [out]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--one-cpu", action="store_true", help="every thread on one CPU")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--one-cpu", action="store_true", help="every thread on one CPU")
+    mode.add_argument("--bare", action="store_true",
+                      help="the predict path answered by a WSGI callable: no request layer")
     args = parser.parse_args()
     if args.one_cpu:  # before any thread starts: they all inherit it
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
@@ -48,6 +66,8 @@ def main() -> None:
                             "log.screen": False, "log.access_file": "",
                             "checker.on": False, "environment": "production"})
     cherrypy.tree.mount(Floor(), "/")
+    if args.bare:
+        cherrypy.tree.graft(bare, "/v1/models")
     # CherryPy has no config key for cheroot's keep-alive limit (default 10): set it as the
     # service does, or beyond 10 idle connections the floor would close keep-alive ones.
     server = CPWSGIServer(cherrypy.server)

@@ -1,13 +1,15 @@
 """Section (g) of bench/run.py: the service against the HTTP floor, in interleaved rounds.
 
 The floor is bench/floor.py, the benchmark's own CherryPy server answering a trivial JSON
-route with the service's cheroot settings. Five servers run side by side -- the floor, the
+route with the service's cheroot settings. Six servers run side by side -- the floor, the
 floor with all its threads on one CPU (what the service's CPU placement alone is worth), the
-service (one process, its defaults), the service with the input log off, and the service
-with two worker processes -- and each round measures every one of them in turn, so that the
-machine's drifting speed touches all alike; each figure is the median over the rounds, and
-each ratio the median of the rounds' own ratios. Per server and round: one keep-alive
-client posting the 28x28 PNG (latency), then CLIENTS clients (throughput, p99, errors).
+bare floor (the same answer from a WSGI callable grafted on the tree: what CherryPy's request
+layer costs of the floor), the service (one process, its defaults), the service with the input
+log off, and the service with two worker processes -- and each round measures every one of
+them in turn, so that the machine's drifting speed touches all alike; each figure is the
+median over the rounds, and each ratio the median of the rounds' own ratios. Per server and
+round: one keep-alive client posting the 28x28 PNG (latency), then CLIENTS clients
+(throughput, p99, errors).
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from typing import Any, Callable
 from bench import run as base
 
 FLOOR, FLOOR_ONE_CPU = "floor", "floor, on one CPU"
+FLOOR_BARE = "floor without CherryPy's request layer"
+FLOOR_FLAGS = {FLOOR: [], FLOOR_ONE_CPU: ["--one-cpu"], FLOOR_BARE: ["--bare"]}
 SERVICE, LOG_OFF, TWO_WORKERS = "service", "service, input log off", "service, 2 workers"
 EXTRA_CONFIG: dict[str, dict[str, dict[str, Any]]] = {
     SERVICE: {}, LOG_OFF: {"inputlog": {"enabled": False}},
@@ -37,10 +41,10 @@ INPUTLOG_SHARE = 0.95           # input log on vs off
 class FloorServer:
     """bench/floor.py in a subprocess on a free loopback port."""
 
-    def __init__(self, workdir: Path, one_cpu: bool = False):
+    def __init__(self, workdir: Path, args: list[str]):
         self.port = base.free_port()
-        self.log_path = workdir / ("floor-one-cpu.log" if one_cpu else "floor.log")
-        self.args = ["--one-cpu"] if one_cpu else []
+        self.log_path = workdir / f"floor{''.join(a.replace('--', '-') for a in args)}.log"
+        self.args = args
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -74,9 +78,8 @@ class FloorServer:
 
 
 def servers(graph: base.GraphInfo, workdir: Path) -> dict[str, Any]:
-    """The five servers of the section, started side by side (not yet ready)."""
-    made: dict[str, Any] = {FLOOR: FloorServer(workdir),
-                            FLOOR_ONE_CPU: FloorServer(workdir, one_cpu=True)}
+    """The six servers of the section, started side by side (not yet ready)."""
+    made: dict[str, Any] = {name: FloorServer(workdir, args) for name, args in FLOOR_FLAGS.items()}
     for index, (name, extra) in enumerate(EXTRA_CONFIG.items()):
         made[name] = base.BenchServer(graph, workdir / f"server-{index}", extra)
     return made
@@ -146,6 +149,12 @@ def summarise(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
                 for r in rounds]) if FLOOR_ONE_CPU in names else None,
             "p50_over_floor_ms": median([r[name]["latency"]["p50_ms"]
                                          - r[FLOOR]["latency"]["p50_ms"] for r in rounds])}
+    if FLOOR_BARE in names:  # CPU per request: the floor's, less what is left without the layer
+        summary["request_layer"] = {
+            "cpu_ms_per_request": median([r[FLOOR]["cpu_ms_per_request"]
+                                          - r[FLOOR_BARE]["cpu_ms_per_request"] for r in rounds]),
+            "share_of_floor_cpu": median([1 - r[FLOOR_BARE]["cpu_ms_per_request"]
+                                          / r[FLOOR]["cpu_ms_per_request"] for r in rounds])}
     summary["inputlog_share"] = median([r[SERVICE]["load"]["requests_per_s"]
                                         / r[LOG_OFF]["load"]["requests_per_s"] for r in rounds])
     return summary
@@ -163,6 +172,12 @@ def rows(g: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     f"p50 {base.fmt(m['p50_ms'], 1)} ms, "
                     f"p99 {base.fmt(m['p99_ms'], 1)} ms, {m['errors']} errors, "
                     f"{base.fmt(m['cpu_ms_per_request'], 3)} ms of CPU per request"))
+    if "request_layer" in g:
+        layer = g["request_layer"]
+        out.append(("g", "CherryPy's request layer, per floor request",
+                    f"{base.fmt(layer['cpu_ms_per_request'], 3)} ms of CPU",
+                    f"{layer['share_of_floor_cpu']:.0%} of the floor's CPU per request "
+                    "(the floor less the bare floor, median of the rounds)"))
     if "inputlog_share" in g:
         out.append(("g", "input log on / off, 32 clients", f"{g['inputlog_share']:.3f}",
                     "median of the rounds' ratios"))

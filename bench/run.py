@@ -85,7 +85,7 @@ class Plan:
     observe_seconds: float = 8.0     # (e) extra run that reads the server's timing_ms under load
     batch_seconds: float = 20.0      # (f) per client count
     batch_min_requests: int = 5      # (f)
-    floor_rounds: int = 3            # (g) rounds over the five servers
+    floor_rounds: int = 3            # (g) rounds over the six servers
     floor_latency_requests: int = 1000  # (g) one client, per server and round
     floor_load_seconds: float = 8.0  # (g) CLIENTS clients, per server and round
 

@@ -59,3 +59,18 @@ def test_hot_path_also_shows_each_server_against_the_one_cpu_floor():
     assert service["share_of_floor"] == 0.63 and service["share_of_floor_one_cpu"] == 0.55
     assert summary["servers"][hotpath.FLOOR_ONE_CPU]["share_of_floor"] == 1.15
     assert any("0.550 of the one-CPU floor" in row[3] for row in hotpath.rows(summary))
+
+
+def test_hot_path_takes_the_request_layer_as_the_floor_less_the_bare_floor_per_round():
+    from bench import hotpath
+    cpu = [(0.6, 0.2), (0.8, 0.4), (1.0, 0.3)]  # floor, bare floor: ms of CPU per request
+    rounds = [{hotpath.FLOOR: run_of(1000, 0.5, floor), hotpath.FLOOR_BARE: run_of(2500, 0.2, bare),
+               hotpath.SERVICE: run_of(500, 1.5), hotpath.LOG_OFF: run_of(520, 1.4),
+               hotpath.TWO_WORKERS: run_of(700, 2)} for floor, bare in cpu]
+    summary = hotpath.summarise(rounds)
+    # per round: 0.4, 0.4, 0.7 ms -> 0.4; shares 0.667, 0.5, 0.7 -> 0.667
+    assert summary["request_layer"] == {"cpu_ms_per_request": 0.4, "share_of_floor_cpu": 0.667}
+    rows = {what: (value, notes) for _, what, value, notes in hotpath.rows(summary)}
+    assert rows["CherryPy's request layer, per floor request"][0] == "0.400 ms of CPU"
+    assert rows["CherryPy's request layer, per floor request"][1].startswith("67% of the floor")
+    assert summary["servers"][hotpath.FLOOR_BARE]["share_of_floor"] == 2.5
