@@ -30,6 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from service.config import CHERRYPY_DEFAULTS  # noqa: E402  (after the path; a leaf module)
 
 
+def answer(body: bytes) -> dict:
+    """The floor's answer to any request, by either path."""
+    return {"class": 7, "probability": 1.0, "bytes": len(body)}
+
+
 class Floor:
     @cherrypy.expose
     @cherrypy.tools.json_out()
@@ -38,14 +43,13 @@ class Floor:
         # A GET (the benchmark's readiness probe) has no body to read: cheroot 11's
         # KnownLengthRFile no longer takes the arguments CherryPy's read() passes it then.
         body = request.body.read() if request.process_request_body else b""
-        return {"class": 7, "probability": 1.0, "bytes": len(body)}
+        return answer(body)
 
 
 def bare(environ: dict, start_response) -> list[bytes]:
-    """The same answer as ``Floor.default``, as a WSGI callable."""
+    """``Floor.default`` as a WSGI callable: the same answer, below CherryPy's request layer."""
     length = int(environ.get("CONTENT_LENGTH") or 0)
-    body = environ["wsgi.input"].read(length) if length else b""
-    out = json.dumps({"class": 7, "probability": 1.0, "bytes": len(body)}).encode()
+    out = json.dumps(answer(environ["wsgi.input"].read(length) if length else b"")).encode()
     start_response("200 OK", [("Content-Type", "application/json"),
                               ("Content-Length", str(len(out)))])
     return [out]

@@ -43,7 +43,7 @@ class FloorServer:
 
     def __init__(self, workdir: Path, args: list[str]):
         self.port = base.free_port()
-        self.log_path = workdir / f"floor{''.join(a.replace('--', '-') for a in args)}.log"
+        self.log_path = workdir / ("floor" + "".join(args).replace("--", "-") + ".log")
         self.args = args
         self.proc: subprocess.Popen | None = None
 

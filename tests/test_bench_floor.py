@@ -29,7 +29,7 @@ def floor(request):
             return False
     try:
         wait_for(answers, 30)
-        yield url, proc.pid, request.param[:1]
+        yield url, proc.pid, request.param
     finally:
         proc.terminate()
         proc.wait(10)
